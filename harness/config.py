@@ -22,6 +22,13 @@ __all__ = [
     "BlobSpec",
     "SolverConfig",
     "f32",
+    "caffe_float",
+    "resolved_type",
+    "config_from_proto",
+    "start_refusals",
+    "config_refusals",
+    "lr_policy_refusal",
+    "update_refusals",
 ]
 
 #: Caffe's registered solver types, in the order its error message lists them.
@@ -264,15 +271,10 @@ def start_refusals(param, *, source=None) -> list:
     if param.HasField("solver_mode") and param.solver_mode == param.GPU:
         refuse("Cannot use GPU in CPU-only Caffe: check mode.", "common.cpp")
     stype = resolved_type(param)
-    if stype not in SOLVER_TYPES:
-        refuse(
-            _check_op("registry.count(type)", "==", "1", 0, 1,
-                      f"Unknown solver type: {stype} (known types: {', '.join(SOLVER_TYPES)})"),
-            "solver_factory.hpp",
-        )
-    if param.average_loss < 1:
-        refuse(_check_op("param_.average_loss()", ">=", "1", param.average_loss, 1,
-                         "average_loss should be non-negative."), "solver.cpp")
+    cfg = config_from_proto(param, source=source or "")
+    solver_checks = config_refusals(cfg)
+    # the registry and Solver::Init's average_loss check come before the nets
+    out.extend(r for r in solver_checks if r.caffe_file != "sgd_solvers.hpp")
     n_train = sum(int(param.HasField(f)) for f in ("net", "net_param", "train_net", "train_net_param"))
     fields = "net, net_param, train_net, train_net_param"
     if n_train < 1:
@@ -302,12 +304,41 @@ def start_refusals(param, *, source=None) -> list:
                          "test_state must be unspecified or specified once per test net."), "solver.cpp")
     if instances and param.test_interval <= 0:
         refuse(_check_op("param_.test_interval()", ">", "0", param.test_interval, 0), "solver.cpp")
-    momentum = f32(param.momentum)
-    if stype in ("AdaGrad", "RMSProp") and momentum != 0:
-        refuse(_check_op("0", "==", "this->param_.momentum()", 0, momentum,
+    # the AdaGrad/RMSProp constructors check after Solver::Init
+    out.extend(r for r in solver_checks if r.caffe_file == "sgd_solvers.hpp")
+    return out
+
+
+def config_refusals(config: SolverConfig) -> list:
+    """Start-time refusals that depend on the solver settings alone.
+
+    The solver registry (unknown ``type``), ``Solver::Init``'s
+    ``average_loss`` check and the AdaGrad/RMSProp constructors, in Caffe's
+    order. ``start_refusals`` adds the checks that need the raw proto.
+    """
+    from .errors import CaffeRefusal
+
+    out = []
+    src = config.source or None
+
+    def refuse(msg, caffe_file):
+        out.append(CaffeRefusal(msg, when="start", caffe_file=caffe_file, path=src))
+
+    stype = config.type
+    if stype not in SOLVER_TYPES:
+        refuse(
+            _check_op("registry.count(type)", "==", "1", 0, 1,
+                      f"Unknown solver type: {stype} (known types: {', '.join(SOLVER_TYPES)})"),
+            "solver_factory.hpp",
+        )
+    if config.average_loss < 1:
+        refuse(_check_op("param_.average_loss()", ">=", "1", config.average_loss, 1,
+                         "average_loss should be non-negative."), "solver.cpp")
+    if stype in ("AdaGrad", "RMSProp") and config.momentum != 0:
+        refuse(_check_op("0", "==", "this->param_.momentum()", 0, config.momentum,
                          f"Momentum cannot be used with {stype}."), "sgd_solvers.hpp")
     if stype == "RMSProp":
-        rho = f32(param.rms_decay)
+        rho = config.rms_decay
         if not rho >= 0:
             refuse(_check_op("this->param_.rms_decay()", ">=", "0", rho, 0,
                              "rms_decay should lie between 0 and 1."), "sgd_solvers.hpp")
