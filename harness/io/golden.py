@@ -652,7 +652,8 @@ def _load_inner(r: _Reader) -> Trace | None:
         for dd in fshape:
             count *= dd
         if len(raw) - off != 4 * count:
-            r.fail(fname, f"{len(raw) - off} data bytes, expected {4 * count} for shape {fshape}: truncated")
+            how = "truncated" if len(raw) - off < 4 * count else "trailing bytes"
+            r.fail(fname, f"{len(raw) - off} data bytes, expected {4 * count} for shape {fshape} ({how})")
             continue
         arr = np.frombuffer(bytearray(raw[off:]), dtype=_DESCR).reshape(fshape).astype(np.float32, copy=False)
         if kind == "init_params":

@@ -1,0 +1,195 @@
+"""``caffe-harness golden``: make, check and show golden traces.
+
+* ``golden from-capture DIR OUT`` -- one capture (a recorded real-Caffe run) to
+  one golden trace; ``--all`` converts every capture under DIR into the same
+  tree under OUT. Each trace is read back and compared bit for bit before the
+  command reports success.
+* ``golden verify PATH...`` -- every checksum and the manifests' consistency;
+  PATH may be a trace or a tree of traces. Exit 0 when all are intact, 1 when
+  any problem is found (one line per problem).
+* ``golden show PATH`` -- a summary of one trace.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+from ..errors import InputError
+
+__all__ = ["add_parser", "run"]
+
+
+def add_parser(subparsers) -> None:
+    """Register ``golden`` and its subcommands."""
+    p = subparsers.add_parser(
+        "golden",
+        help="make, verify and show golden traces (docs/TRACE_FORMAT.md)",
+        description="Golden traces: checksummed, language-neutral solver traces (docs/TRACE_FORMAT.md).",
+    )
+    sub = p.add_subparsers(dest="golden_command", metavar="SUBCOMMAND")
+    sub.required = True
+
+    fc = sub.add_parser("from-capture", help="convert a capture (real Caffe run) into a golden trace")
+    fc.add_argument("capture", metavar="DIR", help="capture directory (docs/CAPTURE_FORMAT.md), or a tree of them with --all")
+    fc.add_argument("out", metavar="OUT", help="golden trace directory to write (a tree with --all)")
+    fc.add_argument("--all", action="store_true", help="convert every capture under DIR, keeping its relative path under OUT")
+    fc.add_argument("--force", action="store_true", help="replace existing traces")
+    fc.add_argument("--quiet", "-q", action="store_true", help="print only errors")
+    fc.set_defaults(func=run_from_capture)
+
+    v = sub.add_parser("verify", help="check checksums and manifests; exit 1 if anything was tampered with")
+    v.add_argument("paths", metavar="PATH", nargs="+", help="golden trace directories, or trees holding them")
+    v.add_argument("--quiet", "-q", action="store_true", help="print only problems")
+    v.set_defaults(func=run_verify)
+
+    s = sub.add_parser("show", help="summarize a golden trace")
+    s.add_argument("path", metavar="PATH", help="golden trace directory")
+    s.add_argument("--format", choices=("text", "json"), default="text")
+    s.add_argument("--iterations", action="store_true", help="list every iteration's lr and current_step")
+    s.set_defaults(func=run_show)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    """Dispatch to the chosen ``golden`` subcommand."""
+    return args.func(args)
+
+
+# --------------------------------------------------------------------------
+def _find_traces(path: Path) -> list[Path]:
+    from ..io.golden import is_golden
+
+    if is_golden(path):
+        return [path]
+    if not path.exists():
+        raise InputError(path, "no such file or directory")
+    if not path.is_dir():
+        raise InputError(path, "not a golden trace directory")
+    found = sorted(Path(d) for d, _, files in os.walk(path) if "trace.json" in files)
+    if not found:
+        raise InputError(path, "no golden trace (trace.json) under this directory")
+    return found
+
+
+def run_from_capture(args) -> int:
+    """Convert one capture (or, with ``--all``, a tree of captures) into golden traces."""
+    from ..io.capture import find_captures, is_capture, load_capture
+    from ..io.golden import read_golden, trace_differences, write_golden
+
+    src, out = Path(args.capture), Path(args.out)
+    if args.all:
+        caps = find_captures(src)
+        if not caps:
+            raise InputError(src, "no capture (solver.prototxt + gradients.npz) under this directory")
+        pairs = [(c, out / c.relative_to(src)) for c in caps]
+    else:
+        if not src.is_dir():
+            raise InputError(src, "no such capture directory" if not src.exists() else "not a directory")
+        if not is_capture(src):
+            raise InputError(src, "not a capture (no solver.prototxt + gradients.npz); use --all for a tree of captures")
+        pairs = [(src, out)]
+    if not args.force:
+        for _, o in pairs:
+            if o.exists():
+                raise InputError(o, "already exists; use --force to replace it")
+    for c, o in pairs:
+        trace = load_capture(c)
+        write_golden(trace, o, overwrite=args.force)
+        diffs = trace_differences(trace, read_golden(o))
+        if diffs:  # pragma: no cover - a bug in the writer, never expected
+            raise InputError(o, f"does not read back as written: {diffs[0]}")
+        if not args.quiet:
+            n = len(trace.iterations)
+            what = f"refused ({trace.refusal_when}): {trace.refusal}" if trace.refusal else f"{n} iterations"
+            print(f"{o}: {trace.config.type} {trace.config.lr_policy or '(no lr_policy)'}, {trace.blas}, {what}")
+    return 0
+
+
+def run_verify(args) -> int:
+    """Verify golden traces; 0 if all intact, 1 if any problem."""
+    from ..io.golden import verify_golden
+
+    traces: list[Path] = []
+    for p in args.paths:
+        traces += _find_traces(Path(p))
+    bad = 0
+    for t in traces:
+        problems = verify_golden(t)
+        if problems:
+            bad += 1
+            for e in problems:
+                print(e)
+        elif not args.quiet:
+            print(f"{t}: ok")
+    if bad:
+        print(f"caffe-harness: {bad} of {len(traces)} golden trace(s) failed verification", file=sys.stderr)
+        return 1
+    if not args.quiet:
+        print(f"{len(traces)} golden trace(s) intact", file=sys.stderr)
+    return 0
+
+
+def _lr_text(lr) -> str:
+    from ..io.golden import _f32_decimal, _f32_hex
+
+    return "-" if lr is None else f"{_f32_decimal(lr)} ({_f32_hex(lr)})"
+
+
+def run_show(args) -> int:
+    """Print a summary of one golden trace (verified first)."""
+    from ..io.golden import read_golden
+
+    path = Path(args.path)
+    t = read_golden(path)
+    cfg = t.config
+    its = t.iterations
+    nfiles = sum(1 for f in path.iterdir() if f.is_file())
+    size = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
+    expected = sum(1 for it in its if it.params is not None)
+    summary = {
+        "path": os.fspath(path),
+        "name": t.name,
+        "origin": t.provenance.get("origin"),
+        "provenance": t.provenance,
+        "source": t.source,
+        "solver": {
+            "type": cfg.type,
+            "lr_policy": cfg.lr_policy,
+            "base_lr": cfg.base_lr,
+            "max_iter": cfg.max_iter,
+            "iter_size": cfg.iter_size,
+        },
+        "blobs": [{"name": b.name, "shape": list(b.shape), "lr_mult": b.lr_mult, "decay_mult": b.decay_mult} for b in cfg.blobs],
+        "init": {"iter": t.init_iter, "current_step": t.init_current_step, "history": t.init_history is not None},
+        "iterations": len(its),
+        "iterations_with_expected_state": expected,
+        "refusal": None if t.refusal is None else {"message": t.refusal, "when": t.refusal_when},
+        "files": nfiles,
+        "bytes": size,
+    }
+    if args.iterations:
+        summary["lr"] = [{"iter": it.iter, "lr": _lr_text(it.lr), "current_step": it.current_step} for it in its]
+    if args.format == "json":
+        print(json.dumps(summary, indent=1, default=str))
+        return 0
+    p = t.provenance
+    print(f"{path}: golden trace {t.name!r}, origin {p.get('origin')} (blas {p.get('blas')}, caffe {p.get('caffe_version') or '?'})")
+    print(f"  solver: {cfg.type}, lr_policy {cfg.lr_policy or '(unset)'}, base_lr {cfg.base_lr:g}, max_iter {cfg.max_iter}, iter_size {cfg.iter_size}")
+    print(f"  blobs: " + ", ".join(f"{b.name} {'x'.join(map(str, b.shape)) or 'scalar'} (lr_mult {b.lr_mult:g}, decay_mult {b.decay_mult:g})" for b in cfg.blobs))
+    start = f"resumed at iter {t.init_iter}, current_step {t.init_current_step}" if t.init_history is not None or t.init_iter else "fresh start"
+    print(f"  {len(its)} iterations ({its[0].iter}..{its[-1].iter}), {expected} with expected state, {start}" if its else f"  no iterations, {start}")
+    if t.refusal:
+        print(f"  Caffe refused ({t.refusal_when}): {t.refusal}")
+    if its and its[0].lr is not None:
+        print(f"  lr: first {_lr_text(its[0].lr)}, last {_lr_text(its[-1].lr)} [{p.get('lr_precision', 'float32')}]")
+    for k in ("date", "cpu_flags", "harness_version", "capture"):
+        if p.get(k) is not None:
+            print(f"  {k}: {p[k]}")
+    print(f"  {nfiles} files, {size} bytes, all checksums verified")
+    if args.iterations:
+        for it in its:
+            print(f"    iter {it.iter}: lr {_lr_text(it.lr)}, current_step {it.current_step if it.current_step is not None else '-'}")
+    return 0
