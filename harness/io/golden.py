@@ -110,11 +110,11 @@ def _jsonable(x: Any) -> Any:
 
 def _npy_bytes(a: np.ndarray) -> bytes:
     """``a`` as a version-1.0 ``.npy`` file: fixed header text, no timestamps."""
-    a = np.ascontiguousarray(a, dtype=_DESCR)
+    a = np.asarray(a, dtype=_DESCR)  # (ascontiguousarray would turn a 0-d array into 1-d)
     header = "{'descr': '%s', 'fortran_order': False, 'shape': %r, }" % (_DESCR, tuple(int(d) for d in a.shape))
     pad = 64 - (len(_NPY_MAGIC) + 2 + len(header) + 1) % 64
     header = (header + " " * (pad % 64) + "\n").encode("latin1")
-    return _NPY_MAGIC + len(header).to_bytes(2, "little") + header + a.tobytes()
+    return _NPY_MAGIC + len(header).to_bytes(2, "little") + header + a.tobytes(order="C")
 
 
 def _parse_npy(raw: bytes) -> tuple[tuple[int, ...], str, bool, int]:
@@ -700,7 +700,7 @@ def _load_inner(r: _Reader) -> Trace | None:
             if not iterations[pos].grads:
                 iterations[pos].grads = [{} for _ in range(npass)]
             for p in range(npass):
-                iterations[pos].grads[p][n] = arr[j, p]
+                iterations[pos].grads[p][n] = arr[j, p, ...]
     for it in iterations:  # net order inside each dict
         it.grads = [{b: g[b] for b in names} for g in it.grads]
     for kind in ("params", "diff"):
@@ -712,14 +712,14 @@ def _load_inner(r: _Reader) -> Trace | None:
                     if d is None:
                         d = {}
                         setattr(iterations[pos], kind, d)
-                    d[n] = arr[j]
+                    d[n] = arr[j, ...]
     if per_iter["history"]:
         for h in range(nh):
             rows, arr = per_iter["history"][h]
             for j, pos in enumerate(rows):
                 if iterations[pos].history is None:
                     iterations[pos].history = [None] * nh
-                iterations[pos].history[h] = arr[j]
+                iterations[pos].history[h] = arr[j, ...]
 
     return Trace(
         name=name,
@@ -772,8 +772,8 @@ def is_golden(path) -> bool:
 # comparison (round trips, conversions)
 # --------------------------------------------------------------------------
 def _bits_equal(a, b) -> bool:
-    a = np.asarray(a)
-    b = np.asarray(b)
+    if not (isinstance(a, np.ndarray) and isinstance(b, np.ndarray)):
+        return False
     return a.dtype == b.dtype == np.float32 and a.shape == b.shape and np.array_equal(a.view(np.uint32), b.view(np.uint32))
 
 
