@@ -56,6 +56,7 @@ def make_trace(
     resumed: bool = False,
     refusal: str | None = None,
     lr_none: bool = False,
+    lr_text: bool = False,
 ) -> Trace:
     """A synthetic trace with every field set (what the round trip must preserve)."""
     rng = np.random.default_rng(seed)
@@ -79,7 +80,7 @@ def make_trace(
             Iteration(
                 iter=k,
                 grads=[params() for _ in range(iter_size)],
-                lr=None if lr_none else float(np.float32(0.01 * 0.1 ** (k % 3))),
+                lr=None if lr_none else ("%g" % (0.01 * 0.1 ** (k % 3)) if lr_text else float(np.float32(0.01 * 0.1 ** (k % 3)))),
                 params=params() if expected[0] and refusal is None else None,
                 diff=params() if expected[1] and refusal is None else None,
                 history=hist() if expected[2] and refusal is None else None,
@@ -141,6 +142,7 @@ ROUND_TRIPS = {
     "inputs-only": dict(expected=(False, False, False), lr_none=True),
     "refused": dict(refusal="Check failed: this->param_.gamma() >= 0 (-0.5 vs. 0)"),
     "no-iterations": dict(n_iter=0),
+    "lr-as-log-text": dict(lr_text=True),
 }
 
 
@@ -301,6 +303,12 @@ def _lr_hex_vs_decimal(d):
     return MANIFEST
 
 
+def _log_text_vs_hex(d):
+    write_golden(make_trace(lr_text=True), d, overwrite=True)
+    edit_manifest(d, lambda m: m["iterations"][1]["lr"].update(log_text="0.0011"))
+    return MANIFEST
+
+
 def _unknown_version(d):
     edit_manifest(d, lambda m: m.update(version=2))
     return MANIFEST
@@ -356,6 +364,7 @@ TAMPERING = {
     "bad-json": (_bad_json, "sha256 mismatch"),
     "bad-json-resigned": (_bad_json_resigned, "bad JSON"),
     "lr-hex-vs-decimal": (_lr_hex_vs_decimal, "decimal 0.0011 is float32"),
+    "log-text-vs-hex": (_log_text_vs_hex, "log_text 0.0011 is float32"),
     "unknown-version": (_unknown_version, "unknown format version 2"),
     "wrong-dtype": (_wrong_dtype, "dtype '<f8'"),
     "wrong-shape": (_wrong_shape, r"shape \(21,\)"),

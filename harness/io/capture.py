@@ -13,8 +13,9 @@ it ran with. ``load_capture(dir)`` turns all of it into the one trace type:
   expected data/diff from ``<prefix>_iter_{k+1}.caffemodel`` and the history,
   ``current_step`` (and ``iter == k+1``) from ``.solverstate``; the expected
   rate from the log line ``Iteration k, lr = R`` -- printed with 6
-  significant digits, so ``Iteration.lr`` holds the float32 nearest to the
-  printed text and ``provenance["lr_precision"]`` is ``"log-6g"``;
+  significant digits, so ``Iteration.lr`` holds the printed *text* (a
+  ``str``: compare at print precision, see ``harness.compare``) and
+  ``provenance["lr_precision"]`` is ``"log-6g"``;
 * a refusal from the log's fatal ``F...] message`` line: ``refusal_when`` is
   ``"first-update"`` when Caffe had reached ``Solving NAME``, else ``"start"``.
 
@@ -138,73 +139,15 @@ def read_log_facts(path) -> LogFacts:
 # readers (harness/io/blobs.py, harness/io/solver.py)
 # --------------------------------------------------------------------------
 def _read_caffemodel(path):
-    try:
-        from .blobs import read_caffemodel
-    except ModuleNotFoundError as e:  # TEMPORARY until harness/io/blobs.py lands
-        if e.name != f"{__package__}.blobs":
-            raise
-        return _tmp_read_caffemodel(path)
+    from .blobs import read_caffemodel
+
     return read_caffemodel(path)
 
 
 def _read_solverstate(path):
-    try:
-        from .blobs import read_solverstate
-    except ModuleNotFoundError as e:  # TEMPORARY until harness/io/blobs.py lands
-        if e.name != f"{__package__}.blobs":
-            raise
-        return _tmp_read_solverstate(path)
+    from .blobs import read_solverstate
+
     return read_solverstate(path)
-
-
-# TEMPORARY stand-ins for harness/io/blobs.py (binary proto only) -- removed when it lands
-class _TmpBlob:
-    def __init__(self, msg, path):
-        shape = tuple(msg.shape.dim) if msg.HasField("shape") else tuple(
-            d for d in (msg.num, msg.channels, msg.height, msg.width)
-        )
-        n = int(np.prod(shape)) if shape else 0
-        data = np.asarray(msg.double_data if len(msg.double_data) else msg.data, dtype=np.float32)
-        if data.size != n:
-            raise InputError(path, f"blob has {data.size} values, shape {shape} needs {n}")
-        self.data = data.reshape(shape)
-        d = msg.double_diff if len(msg.double_diff) else msg.diff
-        self.diff = np.asarray(d, dtype=np.float32).reshape(shape) if len(d) else None
-
-
-def _tmp_read_caffemodel(path):
-    from google.protobuf.message import DecodeError
-
-    from ..proto import caffe_pb2
-
-    try:
-        net = caffe_pb2.NetParameter.FromString(Path(path).read_bytes())
-    except FileNotFoundError:
-        raise InputError(path, "missing file") from None
-    except DecodeError as e:
-        raise InputError(path, f"not a caffemodel ({e})") from None
-    return {layer.name: [_TmpBlob(b, path) for b in layer.blobs] for layer in net.layer}
-
-
-class _TmpState:
-    pass
-
-
-def _tmp_read_solverstate(path):
-    from google.protobuf.message import DecodeError
-
-    from ..proto import caffe_pb2
-
-    try:
-        msg = caffe_pb2.SolverState.FromString(Path(path).read_bytes())
-    except FileNotFoundError:
-        raise InputError(path, "missing file") from None
-    except DecodeError as e:
-        raise InputError(path, f"not a solverstate ({e})") from None
-    st = _TmpState()
-    st.iter, st.current_step, st.learned_net = msg.iter, msg.current_step, msg.learned_net
-    st.history = [_TmpBlob(b, path).data for b in msg.history]
-    return st
 
 
 def _blob_arrays(weights: dict, names, path, *, want_diff: bool) -> tuple[dict, dict | None]:
@@ -430,7 +373,7 @@ def load_capture(path, *, name: str | None = None) -> Trace:
         grads = [{s.name: npz_get(f"grad/{k}/{p}/{s.name}", s, f"iteration {k} pass {p}") for s in specs} for p in range(npass)]
         it = Iteration(iter=k, grads=grads)
         if k in facts.lr:
-            it.lr = f32(_parse_float(facts.lr[k][0]))
+            it.lr = facts.lr[k][0]  # the printed text: 6 significant digits
         if k + 1 in snap_ks:
             mpath, spath = _snapshot_paths(root, cfg, k + 1)
             for p in (mpath, spath):

@@ -95,6 +95,17 @@ def _short(x: float) -> float:
     return float(_f32_decimal(x))
 
 
+def _parse_text_float(text: str) -> float | None:
+    """A number as C's printf writes it (``nan``, ``-nan``, ``inf`` included), or None."""
+    t = text.strip().lower()
+    if t.lstrip("+-") == "nan":
+        return float("nan")
+    try:
+        return float(t)
+    except ValueError:
+        return None
+
+
 def _jsonable(x: Any) -> Any:
     """Make ``x`` strict JSON: non-finite floats become the strings ``nan``/``inf``/``-inf``."""
     if isinstance(x, float) and not math.isfinite(x):
@@ -260,7 +271,12 @@ def _build(trace: Trace, where) -> tuple[dict, dict[str, bytes]]:
     iterations = []
     for it in its:
         lr = None
-        if it.lr is not None:
+        if isinstance(it.lr, str):  # printed by Caffe's log: 6 significant digits
+            v = _parse_text_float(it.lr)
+            if v is None:
+                raise InputError(where, f"iteration {it.iter} lr text {it.lr!r} is not a number")
+            lr = {"log_text": it.lr, "f32_hex": _f32_hex(v), "decimal": _f32_decimal(v)}
+        elif it.lr is not None:
             lr = {"f32_hex": _f32_hex(it.lr), "decimal": _f32_decimal(it.lr)}
         iterations.append({"iter": int(it.iter), "lr": lr, "current_step": None if it.current_step is None else int(it.current_step)})
 
@@ -567,6 +583,15 @@ def _load_inner(r: _Reader) -> Trace | None:
                     else:
                         if _f32_hex(dv) != hx and not (np.isnan(dv) and np.isnan(lr)):
                             r.fail(MANIFEST, f"{what}.lr: decimal {dec} is float32 {_f32_hex(dv)}, but f32_hex says {hx}")
+            if "log_text" in lrd:
+                text = _typed(r, lrd, "log_text", str, f"{what}.lr")
+                if text is not None:
+                    v = _parse_text_float(text)
+                    if v is None:
+                        r.fail(MANIFEST, f"{what}.lr.log_text is {text!r}, expected a number")
+                    elif hx is not None and _f32_hex(v) != hx:
+                        r.fail(MANIFEST, f"{what}.lr: log_text {text} is float32 {_f32_hex(v)}, but f32_hex says {hx}")
+                    lr = text
         iterations.append(Iteration(iter=k, grads=[], lr=lr, current_step=step))
     n_it = len(iterations)
 
@@ -778,8 +803,8 @@ def _bits_equal(a, b) -> bool:
 
 
 def _same_float(a, b) -> bool:
-    if a is None or b is None:
-        return a is None and b is None
+    if a is None or b is None or isinstance(a, str) or isinstance(b, str):
+        return a == b
     return _f32_hex(a) == _f32_hex(b) and (a == b or (math.isnan(a) and math.isnan(b)))
 
 
