@@ -111,21 +111,60 @@ def test_refusal_at_start(tmp_path):
     assert t.refusal_when == "start"
 
 
+def _make_resumed(d: Path, k: int = 8) -> None:
+    """Lay out a resumed capture as harness/oracle.py records one, from a straight run's files.
+
+    The continuation of a deterministic run equals the straight run's tail, so the
+    straight run's snapshots stand in for the resumed run's.
+    """
+    (d / "solver_resume.prototxt").write_text(
+        (d / "solver.prototxt").read_text().replace('snapshot_prefix: "snapshots/run"', 'snapshot_prefix: "snapshots/resumed"')
+    )
+    for j in range(k + 1, 17):
+        for ext in ("caffemodel", "solverstate"):
+            shutil.copy(d / f"snapshots/run_iter_{j}.{ext}", d / f"snapshots/resumed_iter_{j}.{ext}")
+    log = (d / "caffe.log").read_text().splitlines(keepends=True)
+    cut = next(i for i, line in enumerate(log) if f"Iteration {k} (" in line)
+    head = next(i for i, line in enumerate(log) if "] Solving " in line)
+    (d / "caffe_resume.log").write_text("".join(log[: head + 1]) + "".join(log[cut:]))
+    cj = json.loads((d / "config.json").read_text())
+    cj["resume"] = {
+        "at": k, "from": f"snapshots/run_iter_{k}.solverstate", "solver": "solver_resume.prototxt",
+        "log": "caffe_resume.log", "snapshot_prefix": "snapshots/resumed", "caffe_exit": 0,
+    }
+    (d / "config.json").write_text(json.dumps(cj))
+
+
 def test_resumed_capture_starts_from_the_snapshot(tmp_path):
     d = _copy(tmp_path)
-    cj = json.loads((d / "config.json").read_text())
-    cj["resume_at"] = 8
-    (d / "config.json").write_text(json.dumps(cj))
-    t = load_capture(d)
+    _make_resumed(d, 8)
+    from harness.io.capture import capture_parts
+
+    assert capture_parts(d) == ["run", "resume"]
+    t = load_capture(d)  # the continuation by default
     full = load_capture(FIXTURES / "caffe-runs/sgd-multistep-itersize")
     assert (t.init_iter, t.init_current_step) == (8, full.iterations[7].current_step)
+    assert t.provenance["capture_part"] == "resume"
     assert [it.iter for it in t.iterations] == list(range(8, 16))
     for n in t.config.blob_names:
         assert np.array_equal(_bits(t.init_params[n]), _bits(full.iterations[7].params[n]))
     assert all(np.array_equal(_bits(a), _bits(b)) for a, b in zip(t.init_history, full.iterations[7].history))
-    assert trace_differences(
-        type(t)(**{**t.__dict__, "iterations": full.iterations[8:]}), t
-    ) == []
+    assert trace_differences(type(t)(**{**t.__dict__, "iterations": full.iterations[8:]}), t) == []
+    straight = load_capture(d, part="run")
+    assert straight.init_iter == 0 and len(straight.iterations) == 16
+    assert trace_differences(type(full)(**{**full.__dict__, "config": straight.config, "provenance": straight.provenance,
+                                           "source": straight.source}), straight) == []
+
+
+def test_resumed_capture_with_a_missing_state(tmp_path):
+    d = _copy(tmp_path)
+    _make_resumed(d, 8)
+    (d / "snapshots/run_iter_8.solverstate").unlink()
+    with pytest.raises(InputError, match="missing snapshot") as ei:
+        load_capture(d)
+    assert ei.value.path == os.fspath(d / "snapshots/run_iter_8.solverstate")
+    with pytest.raises(InputError, match="no completed resumed run"):
+        load_capture(FIXTURES / "caffe-runs/sgd-step", part="resume")
 
 
 def test_log_facts(tmp_path):

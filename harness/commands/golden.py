@@ -36,6 +36,8 @@ def add_parser(subparsers) -> None:
     fc.add_argument("capture", metavar="DIR", help="capture directory (docs/CAPTURE_FORMAT.md), or a tree of them with --all")
     fc.add_argument("out", metavar="OUT", help="golden trace directory to write (a tree with --all)")
     fc.add_argument("--all", action="store_true", help="convert every capture under DIR, keeping its relative path under OUT")
+    fc.add_argument("--part", choices=("run", "resume"), default=None,
+                    help="for a resumed capture: the straight run or the continuation (default: the continuation when there is one)")
     fc.add_argument("--force", action="store_true", help="replace existing traces")
     fc.add_argument("--quiet", "-q", action="store_true", help="print only errors")
     fc.set_defaults(func=run_from_capture)
@@ -76,7 +78,7 @@ def _find_traces(path: Path) -> list[Path]:
 
 def run_from_capture(args) -> int:
     """Convert one capture (or, with ``--all``, a tree of captures) into golden traces."""
-    from ..io.capture import find_captures, is_capture, load_capture
+    from ..io.capture import capture_parts, find_captures, is_capture, load_capture
     from ..io.golden import read_golden, trace_differences, write_golden
 
     src, out = Path(args.capture), Path(args.out)
@@ -96,7 +98,10 @@ def run_from_capture(args) -> int:
             if o.exists():
                 raise InputError(o, "already exists; use --force to replace it")
     for c, o in pairs:
-        trace = load_capture(c)
+        part = args.part
+        if part == "resume" and args.all and "resume" not in capture_parts(c):
+            part = None  # in a tree, captures without a continuation convert as they are
+        trace = load_capture(c, part=part)
         write_golden(trace, o, overwrite=args.force)
         diffs = trace_differences(trace, read_golden(o))
         if diffs:  # pragma: no cover - a bug in the writer, never expected

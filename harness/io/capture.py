@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,8 @@ from ..trace import Iteration, Trace
 __all__ = [
     "CAPTURE_FILES",
     "LR_PRECISION_LOG",
+    "PARTS",
+    "capture_parts",
     "is_capture",
     "find_captures",
     "load_capture",
@@ -168,17 +171,16 @@ def _blob_arrays(weights: dict, names, path, *, want_diff: bool) -> tuple[dict, 
     return data, diff
 
 
-def _load_config(root: Path) -> SolverConfig:
-    solver = root / "solver.prototxt"
+def _load_config(root: Path, solver: Path, *, with_net: bool = True) -> SolverConfig:
     if not solver.is_file():
         raise InputError(solver, "missing file (a capture needs its solver.prototxt)")
     init = root / "init.caffemodel"
     try:
         from .solver import load_solver
 
-        return load_solver(solver, weights=init if init.is_file() else None, check=False)
-    except ModuleNotFoundError as e:  # TEMPORARY until harness/io/net.py and blobs.py land
-        if e.name not in (f"{__package__}.net", f"{__package__}.blobs"):
+        return load_solver(solver, weights=init if init.is_file() else None, check=False, with_net=with_net)
+    except ModuleNotFoundError as e:  # TEMPORARY until harness/io/net.py is committed
+        if e.name != f"{__package__}.net":
             raise
     from ..config import config_from_proto
     from ..proto import caffe_pb2
@@ -186,7 +188,7 @@ def _load_config(root: Path) -> SolverConfig:
     from .solver import read_solver_parameter
 
     param = read_solver_parameter(solver)
-    net = parse_text(root / (param.net or param.train_net), caffe_pb2.NetParameter)
+    net = parse_text(solver.parent / (param.net or param.train_net), caffe_pb2.NetParameter)
     weights = _read_caffemodel(init)
     specs = []
     for layer in net.layer:
@@ -195,7 +197,7 @@ def _load_config(root: Path) -> SolverConfig:
             specs.append(
                 BlobSpec(f"{layer.name}/{j}", tuple(b.data.shape), f32(ps.lr_mult if ps else 1.0), f32(ps.decay_mult if ps else 1.0))
             )
-    return config_from_proto(param, source=str(solver), blobs=tuple(specs))
+    return config_from_proto(param, source=str(solver), blobs=tuple(specs) if with_net else ())
 
 
 def _check_shape(a: np.ndarray, spec: BlobSpec, path, what: str) -> np.ndarray:
@@ -229,20 +231,67 @@ def _snapshot_iters(cfg: SolverConfig, start: int, stop: int) -> list[int]:
     return ks
 
 
-def _resume_info(cfgjson: dict, facts: LogFacts, path) -> int | None:
-    """The iteration a resumed capture continued from, or None for a fresh run.
+#: The runs a capture can hold: the straight run, and (when config.json has a
+#: completed ``resume`` record) its continuation from ``_iter_K``.
+PARTS = ("run", "resume")
 
-    Read from ``config.json`` (``resume_at`` or ``resume: {"at": K}``), as the
-    oracle writes it.
-    """
-    r = cfgjson.get("resume_at")
-    if r is None and isinstance(cfgjson.get("resume"), dict):
-        r = cfgjson["resume"].get("at", cfgjson["resume"].get("resume_at"))
+
+@dataclass(frozen=True)
+class _Part:
+    name: str
+    solver: Path
+    log: Path
+    resume_at: int | None = None
+    state: Path | None = None  # the .solverstate the continuation restored
+    exit_code: Any = None
+
+
+def _resume_record(cfgjson: dict, cj: Path) -> dict | None:
+    r = cfgjson.get("resume")
     if r is None:
         return None
-    if not isinstance(r, int) or isinstance(r, bool) or r < 0:
-        raise InputError(path, f"resume_at is {r!r}, expected a non-negative integer")
+    if not isinstance(r, dict):
+        raise InputError(cj, f"resume is {r!r}, expected an object with 'at'")
+    at = r.get("at")
+    if not isinstance(at, int) or isinstance(at, bool) or at < 0:
+        raise InputError(cj, f"resume.at is {at!r}, expected a non-negative iteration")
     return r
+
+
+def _parts(root: Path, cfgjson: dict) -> dict[str, _Part]:
+    cj = root / "config.json"
+    parts = {"run": _Part("run", root / "solver.prototxt", root / "caffe.log", exit_code=cfgjson.get("caffe_exit"))}
+    r = _resume_record(cfgjson, cj)
+    if r is not None and "skipped" not in r:
+        k = r["at"]
+        for key in ("solver", "log", "from"):
+            if key in r and not isinstance(r[key], str):
+                raise InputError(cj, f"resume.{key} is {r[key]!r}, expected a path relative to the capture")
+        state = root / r["from"] if "from" in r else None
+        parts["resume"] = _Part(
+            "resume",
+            root / r.get("solver", "solver.prototxt"),
+            root / r.get("log", "caffe.log"),
+            resume_at=k,
+            state=state,
+            exit_code=r.get("caffe_exit"),
+        )
+    return parts
+
+
+def _read_config_json(root: Path) -> dict:
+    cj = root / "config.json"
+    try:
+        cfgjson = json.loads(cj.read_bytes().decode("utf-8"))
+    except FileNotFoundError:
+        raise InputError(cj, "missing file (a capture records its BLAS there)") from None
+    except UnicodeDecodeError:
+        raise InputError(cj, "not UTF-8 text") from None
+    except json.JSONDecodeError as e:
+        raise InputError(cj, f"bad JSON: {e.msg}", line=e.lineno, col=e.colno) from None
+    if not isinstance(cfgjson, dict):
+        raise InputError(cj, "expected a JSON object")
+    return cfgjson
 
 
 # --------------------------------------------------------------------------
@@ -262,14 +311,24 @@ def find_captures(root) -> list[Path]:
     return sorted(Path(d) for d, _, files in os.walk(root) if "solver.prototxt" in files and "gradients.npz" in files)
 
 
-def load_capture(path, *, name: str | None = None) -> Trace:
+def capture_parts(path) -> list[str]:
+    """The runs the capture ``path`` holds: ``["run"]``, or ``["run", "resume"]`` for a resumed capture."""
+    root = Path(path)
+    return list(_parts(root, _read_config_json(root)))
+
+
+def load_capture(path, *, part: str | None = None, name: str | None = None) -> Trace:
     """Load the capture directory ``path`` as a ``Trace`` (``provenance["origin"] == "caffe"``).
 
-    ``name`` defaults to the directory name. Resumed captures (``resume_at``
-    in config.json) start from the ``_iter_K`` snapshot they resumed from.
-    A run Caffe refused carries ``refusal``/``refusal_when`` and only the
-    inputs (gradients) in its iterations. Raises ``InputError`` naming the
-    file for anything missing, truncated or inconsistent.
+    ``part``: ``"run"`` (the straight run from ``init.caffemodel``) or
+    ``"resume"`` (the continuation a resumed capture recorded in
+    ``config.json["resume"]``: it starts from the ``_iter_K`` state, with
+    ``init_iter``/``init_current_step``/``init_history`` from it). The default
+    is ``"resume"`` when the capture has one, else ``"run"``.
+    ``name`` defaults to the directory name. A run Caffe refused carries
+    ``refusal``/``refusal_when`` and only the inputs (gradients) in its
+    iterations. Raises ``InputError`` naming the file for anything missing,
+    truncated or inconsistent.
     """
     root = Path(path)
     if not root.is_dir():
@@ -277,38 +336,34 @@ def load_capture(path, *, name: str | None = None) -> Trace:
     for f in CAPTURE_FILES:
         if not (root / f).is_file():
             raise InputError(root / f, "missing file (a capture holds " + ", ".join(CAPTURE_FILES) + ")")
-
-    # config.json: the generator's settings and the BLAS
+    cfgjson = _read_config_json(root)
     cj = root / "config.json"
-    try:
-        cfgjson = json.loads(cj.read_bytes().decode("utf-8"))
-    except UnicodeDecodeError:
-        raise InputError(cj, "not UTF-8 text") from None
-    except json.JSONDecodeError as e:
-        raise InputError(cj, f"bad JSON: {e.msg}", line=e.lineno, col=e.colno) from None
-    if not isinstance(cfgjson, dict):
-        raise InputError(cj, "expected a JSON object")
     blas = cfgjson.get("blas")
     if not isinstance(blas, str) or not blas:
         raise InputError(cj, f"blas is {blas!r}, expected the BLAS Caffe ran with (openblas, reference, atlas)")
+    parts = _parts(root, cfgjson)
+    if part is None:
+        part = "resume" if "resume" in parts else "run"
+    if part not in PARTS:
+        raise InputError(root, f"unknown capture part {part!r} (known: {', '.join(PARTS)})")
+    if part not in parts:
+        raise InputError(cj, "this capture has no completed resumed run (no 'resume' record, or it was skipped)")
+    pt = parts[part]
 
-    cfg = _load_config(root)
+    cfg = _load_config(root, pt.solver)
     specs = cfg.blobs
     if not specs:
         raise InputError(root / "net.prototxt", "no learnable blobs in the train net")
     names = [b.name for b in specs]
-    nb = len(specs)
-    facts = read_log_facts(root / "caffe.log")
+    facts = read_log_facts(pt.log)
 
     # refusal
-    refusal = refusal_when = None
-    refusal_at = None
+    refusal = refusal_when = refusal_at = None
     if facts.fatal is not None:
         refusal, refusal_at, fline = facts.fatal
         refusal_when = "first-update" if facts.solving is not None and facts.solving < fline else "start"
-    exit_code = cfgjson.get("caffe_exit")
-    if refusal is None and isinstance(exit_code, int) and exit_code != 0:
-        raise InputError(root / "caffe.log", f"Caffe exited with status {exit_code} but the log has no fatal 'F' line")
+    if refusal is None and isinstance(pt.exit_code, int) and pt.exit_code != 0:
+        raise InputError(pt.log, f"Caffe exited with status {pt.exit_code} but the log has no fatal 'F' line")
 
     # init params: gradients.npz init/... cross-checked with init.caffemodel
     gz = root / "gradients.npz"
@@ -340,20 +395,25 @@ def load_capture(path, *, name: str | None = None) -> Trace:
             raise InputError(init_model, f"blob {s.name} differs from gradients.npz init/{s.name}")
         init_params[s.name] = a
 
-    # resumed capture: start from the snapshot it resumed from
+    # a continuation starts from the state it restored
     init_iter, init_step, init_history = 0, 0, None
-    resume_at = _resume_info(cfgjson, facts, cj)
-    if resume_at is not None:
-        mpath, spath = _snapshot_paths(root, cfg, resume_at)
-        for p in (mpath, spath):
-            if not p.is_file():
-                raise InputError(p, f"missing snapshot (config.json says the run resumed at iteration {resume_at})")
+    if pt.resume_at is not None:
+        k = pt.resume_at
+        run_cfg = cfg if pt.solver == parts["run"].solver else _load_config(root, parts["run"].solver, with_net=False)
+        mpath, spath = _snapshot_paths(root, run_cfg, k)
+        spath = pt.state or spath
+        if not spath.is_file():
+            raise InputError(spath, f"missing snapshot (config.json says the run resumed at iteration {k})")
+        st = _read_solverstate(spath)
+        if st.iter != k:
+            raise InputError(spath, f"iter is {st.iter}, expected {k} (config.json resume.at)")
+        if getattr(st, "learned_net", "") and (root / st.learned_net).is_file():
+            mpath = root / st.learned_net  # Caffe restores the weights named in the state
+        if not mpath.is_file():
+            raise InputError(mpath, f"missing snapshot (config.json says the run resumed at iteration {k})")
         data, _ = _blob_arrays(_read_caffemodel(mpath), names, mpath, want_diff=False)
         init_params = {s.name: _check_shape(data[s.name], s, mpath, "blob") for s in specs}
-        st = _read_solverstate(spath)
-        if st.iter != resume_at:
-            raise InputError(spath, f"iter is {st.iter}, expected {resume_at}")
-        init_iter, init_step = resume_at, int(st.current_step)
+        init_iter, init_step = k, int(st.current_step)
         init_history = _history(st.history, cfg, spath)
 
     # iterations
@@ -389,33 +449,10 @@ def load_capture(path, *, name: str | None = None) -> Trace:
             it.current_step = int(st.current_step)
             it.history = _history(st.history, cfg, spath)
         iterations.append(it)
-    extra = sorted(i for i in grad_iters if i >= stop and refusal is None)
-    if extra:
-        raise InputError(gz, f"gradients for iteration {extra[0]}, past max_iter {cfg.max_iter}")
-
-    provenance: dict[str, Any] = {
-        "origin": "caffe",
-        "blas": blas,
-        "caffe_version": None,
-        "blas_version": None,
-        "cpu_flags": None,
-        "date": None,
-        "lr_precision": LR_PRECISION_LOG,
-    }
-    extra_prov = cfgjson.get("provenance")
-    if isinstance(extra_prov, dict):
-        for k, v in extra_prov.items():
-            if k != "origin":
-                provenance[k] = v
-    for k in ("seed", "caffe_exit", "resume_at", "resume"):
-        if k in cfgjson:
-            provenance[k] = cfgjson[k]
-    if refusal_at:
-        provenance["refusal_at"] = refusal_at
-    from .. import __version__
-
-    provenance["harness_version"] = __version__
-    provenance["capture"] = root.name
+    if refusal is None and pt.resume_at is None:
+        extra = sorted(i for i in grad_iters if i >= stop)
+        if extra:
+            raise InputError(gz, f"gradients for iteration {extra[0]}, past max_iter {cfg.max_iter}")
 
     return Trace(
         name=name or root.resolve().name,
@@ -425,11 +462,43 @@ def load_capture(path, *, name: str | None = None) -> Trace:
         init_history=init_history,
         init_iter=init_iter,
         init_current_step=init_step,
-        provenance=provenance,
+        provenance=_provenance(root, cfgjson, blas, pt, refusal_at, len(parts) > 1),
         refusal=refusal,
         refusal_when=refusal_when,
         source=os.fspath(root),
     )
+
+
+def _provenance(root: Path, cfgjson: dict, blas: str, pt: _Part, refusal_at, has_parts: bool) -> dict[str, Any]:
+    """Provenance in the golden format's vocabulary (docs/TRACE_FORMAT.md), from config.json."""
+    from .. import __version__
+
+    prov: dict[str, Any] = {
+        "origin": "caffe",
+        "blas": blas,
+        "caffe_version": None,
+        "blas_version": None,
+        "cpu_flags": None,
+        "date": None,
+        "lr_precision": LR_PRECISION_LOG,
+    }
+    recorded = cfgjson.get("provenance")
+    if isinstance(recorded, dict):  # what the oracle recorded (harness/oracle.py)
+        for k, v in recorded.items():
+            if k not in ("origin", "blas", "lr_precision"):
+                prov[k] = v
+        prov["caffe_version"] = recorded.get("caffe_version", recorded.get("caffe"))
+        prov["blas_version"] = recorded.get("blas_version", recorded.get("blas_package"))
+    for k in ("seed", "caffe_exit", "resume"):
+        if k in cfgjson:
+            prov[k] = cfgjson[k]
+    if refusal_at:
+        prov["refusal_at"] = refusal_at
+    prov["harness_version"] = __version__
+    prov["capture"] = root.resolve().name
+    if has_parts:
+        prov["capture_part"] = pt.name
+    return prov
 
 
 def _history(history, cfg: SolverConfig, path) -> list[np.ndarray]:
