@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from ..config import BlobSpec, SolverConfig, f32
+from ..config import BlobSpec, SolverConfig
 from ..errors import InputError
 from ..trace import Iteration, Trace
 
@@ -172,32 +172,17 @@ def _blob_arrays(weights: dict, names, path, *, want_diff: bool) -> tuple[dict, 
 
 
 def _load_config(root: Path, solver: Path, *, with_net: bool = True) -> SolverConfig:
+    """The capture's solver, with its net's learnable blobs (shapes from init.caffemodel).
+
+    ``check=False``: a capture of settings Caffe refused must still load; the
+    refusal comes from its log.
+    """
+    from .solver import load_solver
+
     if not solver.is_file():
         raise InputError(solver, "missing file (a capture needs its solver.prototxt)")
     init = root / "init.caffemodel"
-    try:
-        from .solver import load_solver
-
-        return load_solver(solver, weights=init if init.is_file() else None, check=False, with_net=with_net)
-    except ModuleNotFoundError as e:  # TEMPORARY until harness/io/net.py is committed
-        if e.name != f"{__package__}.net":
-            raise
-    from ..config import config_from_proto
-    from ..proto import caffe_pb2
-    from .prototxt import parse_text
-    from .solver import read_solver_parameter
-
-    param = read_solver_parameter(solver)
-    net = parse_text(solver.parent / (param.net or param.train_net), caffe_pb2.NetParameter)
-    weights = _read_caffemodel(init)
-    specs = []
-    for layer in net.layer:
-        for j, b in enumerate(weights.get(layer.name, [])):
-            ps = layer.param[j] if j < len(layer.param) else None
-            specs.append(
-                BlobSpec(f"{layer.name}/{j}", tuple(b.data.shape), f32(ps.lr_mult if ps else 1.0), f32(ps.decay_mult if ps else 1.0))
-            )
-    return config_from_proto(param, source=str(solver), blobs=tuple(specs) if with_net else ())
+    return load_solver(solver, weights=init if init.is_file() else None, check=False, with_net=with_net)
 
 
 def _check_shape(a: np.ndarray, spec: BlobSpec, path, what: str) -> np.ndarray:
