@@ -58,7 +58,7 @@ class CaffeRefusal(HarnessError):
     """A solver setting real Caffe refuses.
 
     ``message`` is Caffe's own text (what follows ``F... file.cpp:N]`` in its
-    log), ``when`` is ``"start"`` (Caffe dies while building the solver) or
+    log, trailing blanks removed: glog leaves one after a bare CHECK), ``when`` is ``"start"`` (Caffe dies while building the solver) or
     ``"first-update"`` (Caffe dies in the first ``ApplyUpdate``), and
     ``caffe_file`` the Caffe source location that reports it.
     """
@@ -66,7 +66,7 @@ class CaffeRefusal(HarnessError):
     exit_code = 1
 
     def __init__(self, message: str, *, when: str, caffe_file: str = "", path=None):
-        self.message = message
+        self.message = message = message.rstrip()
         self.when = when
         self.caffe_file = caffe_file
         self.path = None if path is None else os.fspath(path)
