@@ -461,3 +461,65 @@ def test_cli_all_converts_a_tree(tmp_path, capsys):
     assert main(["golden", "show", "--format", "json", os.fspath(tmp_path / "out/caffe-runs/sgd-step")]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert (shown["origin"], shown["iterations"], shown["solver"]["type"]) == ("caffe", 16, "SGD")
+
+
+# --------------------------------------------------------------------------
+# generate: a user's solver + layers
+# --------------------------------------------------------------------------
+SOLVER = """type: "Adam"
+base_lr: 0.01
+lr_policy: "step"
+gamma: 0.5
+stepsize: 3
+max_iter: 6
+momentum: 0.9
+weight_decay: 0.001
+iter_size: 2
+"""
+LAYERS = "7x3,5x2:nobias:lr_w=0.5"
+
+
+def test_generate_from_reference_is_deterministic(tmp_path, capsys):
+    (tmp_path / "s.prototxt").write_text(SOLVER)
+    args = ["golden", "generate", "--solver", os.fspath(tmp_path / "s.prototxt"), "--layers", LAYERS, "--from", "reference",
+            "--grad-special", "nan,subnormal"]
+    assert main(args[:2] + [os.fspath(tmp_path / "a")] + args[2:]) == 0
+    assert main(args[:2] + [os.fspath(tmp_path / "b")] + args[2:]) == 0
+    assert tree_bytes(tmp_path / "a") == tree_bytes(tmp_path / "b")
+    t = read_golden(tmp_path / "a")
+    assert (t.provenance["origin"], t.provenance["profile"], t.provenance["date"]) == ("reference", "caffe-openblas", None)
+    assert [it.current_step for it in t.iterations] == [0, 0, 0, 1, 1, 1]
+    assert all(len(it.grads) == 2 and len(it.history) == 6 for it in t.iterations)
+    assert np.float32(t.iterations[3].lr) == np.float32(0.005)
+
+
+def test_generate_refused_settings(tmp_path):
+    (tmp_path / "s.prototxt").write_text(SOLVER.replace('"step"', '"sigmoid"').replace("gamma: 0.5", "gamma: -0.5"))
+    assert main(["golden", "generate", os.fspath(tmp_path / "g"), "--solver", os.fspath(tmp_path / "s.prototxt"),
+                 "--layers", LAYERS, "--from", "reference"]) == 0
+    t = read_golden(tmp_path / "g")
+    caffe = load_capture(FIXTURES / "caffe-runs-rejected/adam-sigmoid-gamma-negative")
+    assert (t.refusal, t.refusal_when) == (caffe.refusal, caffe.refusal_when)
+    assert all(it.params is None for it in t.iterations)
+
+
+@pytest.mark.oracle
+def test_generate_caffe_and_reference_agree(tmp_path):
+    from harness.commands.golden import generate_trace
+    from harness.errors import OracleUnavailable
+    from harness.oracle import find_caffe
+
+    try:
+        find_caffe()
+    except OracleUnavailable as e:
+        if os.environ.get("CI") == "true":
+            raise
+        pytest.skip(str(e))
+    (tmp_path / "s.prototxt").write_text(SOLVER)
+    caffe = generate_trace(tmp_path / "s.prototxt", LAYERS, use="caffe", seed=3)
+    ref = generate_trace(tmp_path / "s.prototxt", LAYERS, use="reference", seed=3)
+    assert caffe.provenance["origin"] == "caffe" and ref.provenance["origin"] == "reference"
+    arrays_only = [d for d in trace_differences(caffe, ref) if d.split(":")[0] not in ("config", "provenance", "source")
+                   and " lr " not in d]
+    assert arrays_only == []
+    assert [it.lr for it in caffe.iterations] == ["%g" % float(np.float32(it.lr)) for it in ref.iterations]

@@ -8,6 +8,10 @@
   PATH may be a trace or a tree of traces. Exit 0 when all are intact, 1 when
   any problem is found (one line per problem).
 * ``golden show PATH`` -- a summary of one trace.
+* ``golden generate OUT --solver S --layers SPEC`` -- a golden for your own
+  solver and blob spec, with seeded injected gradients: from real Caffe when
+  it is installed (``tools/install-caffe``), else from the reference solver;
+  ``provenance.origin`` says which.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from pathlib import Path
 
 from ..errors import InputError
 
-__all__ = ["add_parser", "run"]
+__all__ = ["add_parser", "run", "generate_trace"]
 
 
 def add_parser(subparsers) -> None:
@@ -52,6 +56,22 @@ def add_parser(subparsers) -> None:
     s.add_argument("--format", choices=("text", "json"), default="text")
     s.add_argument("--iterations", action="store_true", help="list every iteration's lr and current_step")
     s.set_defaults(func=run_show)
+    g = sub.add_parser("generate", help="a golden for your own solver and layers (real Caffe if installed, else the reference)")
+    g.add_argument("out", metavar="OUT", help="golden trace directory to write")
+    g.add_argument("--solver", required=True, metavar="SOLVER", help="solver.prototxt with the settings to trace (its net is ignored)")
+    g.add_argument("--layers", required=True, metavar="SPEC",
+                   help="InnerProduct layers, e.g. '7x3,5x2:nobias:lr_w=0.5' or a JSON file (docs/ORACLE.md)")
+    g.add_argument("--iters", type=int, default=None, help="iterations (default: the solver's max_iter)")
+    g.add_argument("--seed", type=int, default=1, help="seed of the injected gradients and initial weights (default 1)")
+    g.add_argument("--grad-special", default="", metavar="KINDS", help="inject special values: comma list of zeros,subnormal,huge,nan,inf")
+    g.add_argument("--grad-rate", type=float, default=0.05, help="rate of special values (default 0.05)")
+    g.add_argument("--blas", default="openblas", choices=("openblas", "reference", "atlas"),
+                   help="BLAS build of Caffe (or the arithmetic profile of the reference) (default openblas)")
+    g.add_argument("--from", dest="use", choices=("auto", "caffe", "reference"), default="auto",
+                   help="where expectations come from: auto = real Caffe when installed, else the reference")
+    g.add_argument("--keep-capture", metavar="DIR", help="with real Caffe: also keep the capture directory here")
+    g.add_argument("--force", action="store_true", help="replace an existing OUT")
+    g.set_defaults(func=run_generate)
     p.set_defaults(func=run)
 
 
@@ -197,4 +217,163 @@ def run_show(args) -> int:
     if args.iterations:
         for it in its:
             print(f"    iter {it.iter}: lr {_lr_text(it.lr)}, current_step {it.current_step if it.current_step is not None else '-'}")
+    return 0
+
+
+# --------------------------------------------------------------------------
+# generate
+# --------------------------------------------------------------------------
+def generate_trace(
+    solver,
+    layers,
+    *,
+    iters: int | None = None,
+    seed: int = 1,
+    special=(),
+    rate: float = 0.05,
+    blas: str = "openblas",
+    use: str = "auto",
+    capture_dir=None,
+):
+    """A ``Trace`` for ``solver`` (a solver.prototxt path) on injection-net ``layers``.
+
+    Gradients and initial weights come from ``harness.oracle``'s seeded
+    generator (``seed``, ``special`` kinds at ``rate``), so both sources see
+    the same inputs. ``use``: ``"caffe"`` runs real Caffe (``harness.oracle.capture``,
+    ``OracleUnavailable`` when not installed) and loads the capture;
+    ``"reference"`` runs ``harness.reference.Reference`` in the profile of
+    ``blas``; ``"auto"`` picks Caffe when installed. ``provenance.origin`` is
+    ``"caffe"`` or ``"reference"`` accordingly.
+    """
+    import tempfile
+
+    from .. import oracle
+    from ..errors import OracleUnavailable
+
+    if use not in ("auto", "caffe", "reference"):
+        raise InputError(None, f"use is {use!r}, expected auto, caffe or reference")
+    spec = oracle.GradientSpec(special=tuple(special), rate=rate)
+    lspecs = oracle.parse_layers(layers)
+    if use in ("auto", "caffe"):
+        try:
+            install = oracle.find_caffe()
+        except OracleUnavailable:
+            if use == "caffe":
+                raise
+            install = None
+        if install is not None:
+            from ..io.capture import load_capture
+
+            fields = oracle.solver_fields(solver)
+            if iters is not None:
+                fields["max_iter"] = int(iters)
+            with tempfile.TemporaryDirectory(prefix="golden-generate-") as tmp:
+                out = Path(capture_dir) if capture_dir else Path(tmp) / "capture"
+                oracle.capture(fields, lspecs, spec, out, blas=blas, seed=seed, install=install)
+                trace = load_capture(out)
+            trace.name = _generated_name(solver)
+            trace.source = os.fspath(capture_dir) if capture_dir else f"generated: {solver}"
+            return trace
+    return _reference_trace(solver, lspecs, spec, iters=iters, seed=seed, blas=blas)
+
+
+def _generated_name(solver) -> str:
+    p = Path(solver)
+    return p.stem if p.stem != "solver" else p.resolve().parent.name
+
+
+def _reference_trace(solver, layers, spec, *, iters, seed, blas):
+    from .. import __version__, oracle
+    from ..config import BlobSpec, config_from_proto, config_refusals, f32, update_refusals
+    from ..errors import CaffeRefusal
+    from ..io.solver import read_solver_parameter
+    from ..reference import Reference, profile_for_blas
+    from ..trace import Iteration, Trace
+
+    param = read_solver_parameter(solver)
+    if iters is not None:
+        param.max_iter = int(iters)
+    blobs = []
+    for j, l in enumerate(layers):
+        n = l.layer_name(j)
+        blobs.append(BlobSpec(f"{n}/0", (l.O, l.D), f32(l.lr_w), f32(l.decay_w)))
+        if l.bias:
+            blobs.append(BlobSpec(f"{n}/1", (l.O,), f32(l.lr_b), f32(l.decay_b)))
+    cfg = config_from_proto(param, source=os.fspath(solver), blobs=tuple(blobs))
+    n_iter = cfg.max_iter
+    injection, init = oracle.generate_injection(layers, n_iter, max(cfg.iter_size, 1), spec, seed=seed)
+    grads = injection.gradients()
+    names = [b.name for b in blobs]
+
+    def passes(k):
+        return [{n: grads[f"grad/{k}/{p}/{n}"] for n in names} for p in range(injection.iter_size)]
+
+    profile = profile_for_blas(blas)
+    refusal = None
+    start = config_refusals(cfg)
+    if start:
+        refusal = start[0]
+    else:
+        first = update_refusals(cfg)
+        refusal = first[0] if first else None
+    iterations = []
+    if refusal is None:
+        ref = Reference(cfg, init, profile=profile)
+        for k in range(n_iter):
+            try:
+                rec = ref.step(passes(k))
+            except CaffeRefusal as r:
+                refusal = r
+                iterations = []
+                break
+            iterations.append(Iteration(
+                iter=k, grads=passes(k), lr=float(rec.lr), params=dict(rec.params), diff=dict(rec.diff),
+                history=list(rec.history), current_step=int(rec.current_step),
+            ))
+    if refusal is not None:
+        iterations = [Iteration(iter=k, grads=passes(k)) for k in range(n_iter)]
+    provenance = {
+        "origin": "reference",
+        "blas": blas,
+        "profile": profile,
+        "caffe_version": None,
+        "blas_version": None,
+        "cpu_flags": None,
+        "date": None,  # a reference trace is a pure function of its inputs
+        "harness_version": __version__,
+        "seed": seed,
+        "layers": [l.to_dict() for l in layers],
+        "gradients": spec.to_dict(),
+    }
+    if refusal is not None and refusal.caffe_file:
+        provenance["refusal_at"] = refusal.caffe_file
+    return Trace(
+        name=_generated_name(solver),
+        config=cfg,
+        init_params={n: init[n] for n in names},
+        iterations=iterations,
+        provenance=provenance,
+        refusal=None if refusal is None else refusal.message,
+        refusal_when=None if refusal is None else refusal.when,
+        source=f"generated: {solver}",
+    )
+
+
+def run_generate(args) -> int:
+    """``golden generate``: trace a user's solver on injected gradients and write it as a golden."""
+    from ..io.golden import write_golden
+
+    out = Path(args.out)
+    if out.exists() and not args.force:
+        raise InputError(out, "already exists; use --force to replace it")
+    special = tuple(s for s in args.grad_special.split(",") if s)
+    trace = generate_trace(
+        args.solver, args.layers, iters=args.iters, seed=args.seed, special=special, rate=args.grad_rate,
+        blas=args.blas, use=args.use, capture_dir=args.keep_capture,
+    )
+    write_golden(trace, out, overwrite=args.force)
+    p = trace.provenance
+    what = f"refused ({trace.refusal_when}): {trace.refusal}" if trace.refusal else f"{len(trace.iterations)} iterations"
+    print(f"{out}: origin {p['origin']} ({p.get('caffe_version') or p.get('profile')}), {trace.config.type} "
+          f"{trace.config.lr_policy or '(no lr_policy)'}, {what}")
     return 0
