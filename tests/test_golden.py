@@ -523,3 +523,13 @@ def test_generate_caffe_and_reference_agree(tmp_path):
                    and " lr " not in d]
     assert arrays_only == []
     assert [it.lr for it in caffe.iterations] == ["%g" % float(np.float32(it.lr)) for it in ref.iterations]
+
+
+def test_cli_verify_finds_a_trace_without_its_manifest(tmp_path, capsys):
+    write_golden(make_trace(), tmp_path / "tree/a")
+    write_golden(make_trace(seed=2), tmp_path / "tree/b")
+    (tmp_path / "tree/b" / MANIFEST).unlink()
+    assert main(["golden", "verify", "-q", os.fspath(tmp_path / "tree")]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 1 and out[0].startswith(os.fspath(tmp_path / "tree/b" / MANIFEST)) and "missing file" in out[0]
+    assert main(["golden", "verify", os.fspath(tmp_path / "tree/a")]) == 0

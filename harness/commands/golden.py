@@ -82,15 +82,20 @@ def run(args) -> int:
 
 # --------------------------------------------------------------------------
 def _find_traces(path: Path) -> list[Path]:
-    from ..io.golden import is_golden
+    """Golden traces at or under ``path``: directories with a manifest or a checksum file
+    (so a trace whose trace.json was deleted is still found, and reported)."""
+    from ..io.golden import CHECKSUMS, MANIFEST
 
-    if is_golden(path):
-        return [path]
+    def looks_golden(d: Path, files) -> bool:
+        return MANIFEST in files or CHECKSUMS in files
+
     if not path.exists():
         raise InputError(path, "no such file or directory")
     if not path.is_dir():
         raise InputError(path, "not a golden trace directory")
-    found = sorted(Path(d) for d, _, files in os.walk(path) if "trace.json" in files)
+    if looks_golden(path, os.listdir(path)):
+        return [path]
+    found = sorted(Path(d) for d, _, files in os.walk(path) if looks_golden(Path(d), files))
     if not found:
         raise InputError(path, "no golden trace (trace.json) under this directory")
     return found
