@@ -243,6 +243,7 @@ WRITE_REFUSALS = {
     "ragged-passes": (lambda t: t.iterations[2].grads.pop(), "different numbers of gradient passes"),
     "not-float32-config": (lambda t: setattr(t, "config", dataclasses.replace(t.config, base_lr=0.1)), "base_lr"),
     "no-blobs": (lambda t: setattr(t, "config", t.config.replace(blobs=())), "no learnable blobs"),
+    "provenance-not-json": (lambda t: t.provenance.update(where=Path("/x")), "not plain JSON"),
 }
 
 

@@ -314,6 +314,10 @@ def _build(trace: Trace, where) -> tuple[dict, dict[str, bytes]]:
         "iterations": iterations,
         "arrays": entries,
     }
+    try:
+        json.dumps(manifest, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise InputError(where, f"trace metadata is not plain JSON (provenance/config): {e}") from None
     return manifest, files
 
 
