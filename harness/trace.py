@@ -39,7 +39,9 @@ class Iteration:
 
     iter: int
     grads: list[Params]
-    lr: float | None = None
+    #: the rate Caffe used: a float32 value, or the log's printed text (6
+    #: significant digits) when it only comes from a glog line
+    lr: float | str | None = None
     params: Params | None = None
     diff: Params | None = None
     history: list[np.ndarray] | None = None

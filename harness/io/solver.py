@@ -42,14 +42,13 @@ def resolve_path(base: Path, name: str) -> Path:
 
 
 def _net_and_weights(param, path: Path, weights):
-    from ..proto import caffe_pb2
-    from .net import load_net
+    from .net import load_net, upgrade_net
 
     net = None
     if param.HasField("train_net_param"):
-        net = param.train_net_param
+        net = upgrade_net(param.train_net_param, source=str(path))
     elif param.HasField("net_param"):
-        net = param.net_param
+        net = upgrade_net(param.net_param, source=str(path))
     elif param.train_net or param.net:
         net_path = resolve_path(path, param.train_net or param.net)
         net = load_net(net_path)
@@ -85,7 +84,8 @@ def load_solver(path, *, weights=None, check: bool = True, with_net: bool = True
 
         net, w = _net_and_weights(param, path, weights)
         if net is not None:
-            blobs = learnable_blobs(net, w, source=os.fspath(path))
+            state = param.train_state if param.HasField("train_state") else None
+            blobs = learnable_blobs(net, w, state=state, source=os.fspath(path))
     return config_from_proto(param, source=os.fspath(path), blobs=blobs)
 
 
