@@ -1005,7 +1005,8 @@ def _config_fields(cfg: SolverConfig) -> dict:
         if v != "" or name != "lr_policy":
             out[name] = list(v) if isinstance(v, tuple) else v
     for f in dataclasses.fields(SolverConfig):
-        if f.name in out or f.name in ("blobs", "source", "net") or f.name in CAPTURE_FIELDS + _FOREIGN_FIELDS:
+        if f.name in out or f.name in ("blobs", "source", "net") or (
+                f.name in CAPTURE_FIELDS + _FOREIGN_FIELDS and f.name != "random_seed"):
             continue
         if f.name not in _solver_descriptor().fields_by_name:
             continue
