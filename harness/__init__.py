@@ -1,17 +1,39 @@
 """caffe-harness: a conformance harness for Caffe's solvers.
 
 The public API is what ``__all__`` lists; ``tests/test_api.py`` checks it.
-Importing ``harness`` compiles no numba kernel: kernels compile (or load from
-the on-disk cache) on first use.
+Importing ``harness`` compiles no numba kernel and loads no kernel module:
+the names below that need the kernels (``Reference``, ``replay``,
+``learning_rate``, ``lr_schedule``) are imported on first use.
 """
 
 from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
 from .config import BlobSpec, SolverConfig
 from .errors import CaffeRefusal, HarnessError, InputError, OracleError, OracleUnavailable
 from .trace import Iteration, Trace
+
+#: public names served lazily: name -> module (relative to this package)
+_LAZY = {
+    "load_solver": ".io.solver",
+    "load_capture": ".io.capture",
+    "read_golden": ".io.golden",
+    "write_golden": ".io.golden",
+    "verify_golden": ".io.golden",
+    "read_caffemodel": ".io.blobs",
+    "read_solverstate": ".io.blobs",
+    "write_caffemodel": ".io.blobs",
+    "write_solverstate": ".io.blobs",
+    "Reference": ".reference",
+    "learning_rate": ".lr",
+    "lr_schedule": ".lr",
+    "Tolerance": ".compare",
+    "replay": ".replay",
+    "replay_trace": ".replay",
+}
 
 __all__ = [
     "__version__",
@@ -24,4 +46,18 @@ __all__ = [
     "CaffeRefusal",
     "OracleError",
     "OracleUnavailable",
+    *_LAZY,
 ]
+
+
+def __getattr__(name: str):
+    mod = _LAZY.get(name)
+    if mod is None:
+        raise AttributeError(f"module 'harness' has no attribute {name!r}")
+    value = getattr(importlib.import_module(mod, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

@@ -1,0 +1,36 @@
+"""The public API is explicit and importing harness stays cheap."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import harness
+
+
+def test_all_names_resolve():
+    for name in harness.__all__:
+        assert getattr(harness, name) is not None, name
+
+
+def test_no_private_names_exported():
+    assert all(not n.startswith("_") or n == "__version__" for n in harness.__all__)
+    assert len(set(harness.__all__)) == len(harness.__all__)
+
+
+def test_import_loads_no_numba():
+    code = "import sys, harness; print(any(m == 'numba' or m.startswith('numba.') for m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "False", "importing harness must not import numba (kernels load on first use)"
+
+
+def test_cli_help_lists_commands(capsys):
+    from harness.cli import main
+
+    try:
+        main(["--help"])
+    except SystemExit as e:
+        assert e.code == 0
+    out = capsys.readouterr().out
+    for cmd in ("validate", "inspect", "replay", "capture", "golden"):
+        assert cmd in out
