@@ -53,7 +53,7 @@ __all__ = [
     "rate_float32",
     "rate_float64",
     "multistep_steps",
-    "step_steps",
+    "EXP_CHUNK",
     "schedule_float32",
     "schedule_float64",
 ]
@@ -198,7 +198,6 @@ else:
 # end of libm access
 
 
-_kernel = numba.njit(cache=True, error_model="numpy", nogil=True)
 _SCALAR = "(int64, {S}, {S}, {S}, int64, int64, int64, int64)"
 
 
@@ -207,6 +206,29 @@ def c_int_div(a, b):
     """C's ``a / b`` for ints (truncates toward zero); ``b`` must not be 0."""
     q = abs(a) // abs(b)
     return q if (a < 0) == (b < 0) else -q
+
+
+_inline = numba.njit(cache=True, error_model="numpy", nogil=True)
+
+
+@_inline
+def _stepwise32(base_lr, gamma, cs):
+    return np.float32(np.float64(base_lr) * powf(np.float64(gamma), np.float64(cs)))
+
+
+@_inline
+def _inv32(base_lr, gamma, power, it):
+    return base_lr * powf(np.float32(1) + gamma * np.float32(it), -power)
+
+
+@_inline
+def _poly32(base_lr, power, max_iter, it):
+    return base_lr * powf(np.float32(1) - np.float32(it) / np.float32(max_iter), power)
+
+
+@_inline
+def _sigmoid32(base_lr, gamma, stepsize, it):
+    return base_lr * (np.float32(1) / (np.float32(1) + expf(-gamma * (np.float32(it) - np.float32(stepsize)))))
 
 
 @numba.njit(["float32" + _SCALAR.format(S="float32")], cache=True, error_model="numpy", nogil=True)
@@ -219,17 +241,18 @@ def rate_float32(policy, base_lr, gamma, power, stepsize, max_iter, it, current_
     """
     if policy == FIXED:
         return base_lr
-    if policy == STEP or policy == MULTISTEP:
-        cs = c_int_div(it, stepsize) if policy == STEP else current_step
-        return np.float32(np.float64(base_lr) * powf(np.float64(gamma), np.float64(cs)))
+    if policy == STEP:
+        return _stepwise32(base_lr, gamma, c_int_div(it, stepsize))
+    if policy == MULTISTEP:
+        return _stepwise32(base_lr, gamma, current_step)
     if policy == EXP:
-        return np.float32(np.float64(base_lr) * powf(np.float64(gamma), np.float64(it)))
+        return _stepwise32(base_lr, gamma, it)
     if policy == INV:
-        return base_lr * powf(np.float32(1) + gamma * np.float32(it), -power)
+        return _inv32(base_lr, gamma, power, it)
     if policy == POLY:
-        return base_lr * powf(np.float32(1) - np.float32(it) / np.float32(max_iter), power)
+        return _poly32(base_lr, power, max_iter, it)
     if policy == SIGMOID:
-        return base_lr * (np.float32(1) / (np.float32(1) + expf(-gamma * (np.float32(it) - np.float32(stepsize)))))
+        return _sigmoid32(base_lr, gamma, stepsize, it)
     return np.float32(np.nan)
 
 
@@ -252,76 +275,186 @@ def rate_float64(policy, base_lr, gamma, power, stepsize, max_iter, it, current_
     return np.nan
 
 
-@numba.njit(["int64(int64[::1], int64[::1], int64, int64[::1])"], cache=True, error_model="numpy", nogil=True)
-def multistep_steps(stepvalue, iters, current_step, out):
-    """multistep's ``current_step_`` at each of successive calls.
+_SIG = dict(cache=True, error_model="numpy", nogil=True)
+# schedule kernels: (policy, base_lr, gamma, power, stepsize, max_iter, stepvalue,
+#                    iters, start, use_range, current_step, out)
+# iteration k is ``start + k`` when ``use_range`` (a fresh run: no iters array
+# is materialized), else ``iters[k]``.
+_SCHED = "(int64, {S}, {S}, {S}, int64, int64, int64[::1], int64[::1], int64, boolean, int64, {S}[::1])"
+
+
+@numba.njit(["int64(int64[::1], int64[::1], int64, boolean, int64, int64[::1])"], **_SIG)
+def multistep_steps(stepvalue, iters, start, use_range, current_step, out):
+    """multistep's ``current_step_`` during each of successive calls.
 
     Caffe, per ``GetLearningRate`` call: ``if (cs < stepvalue_size() &&
     iter_ >= stepvalue(cs)) ++cs`` -- at most one advance per call, so a
     run resumed past several stepvalues catches up one step per iteration.
-    ``out[k]`` is the step used by the call with ``iter_ = iters[k]``;
-    returns the step after the last call.
+    ``out[k]`` is the step used by call ``k``; returns the step after the
+    last call.
     """
     cs = current_step
     n = stepvalue.size
-    for k in range(iters.size):
-        if cs < n and cs >= 0 and iters[k] >= stepvalue[cs]:
+    for k in range(out.size):
+        it = start + k if use_range else iters[k]
+        if cs >= 0 and cs < n and it >= stepvalue[cs]:
             cs += 1
         out[k] = cs
     return cs
 
 
-@numba.njit(["int64(int64[::1], int64, int64[::1])"], cache=True, error_model="numpy", nogil=True)
-def step_steps(iters, stepsize, out):
-    """step's ``current_step_ = iter_ / stepsize`` at each call; returns the last (or 0)."""
-    cs = 0
-    for k in range(iters.size):
-        cs = c_int_div(iters[k], stepsize)
-        out[k] = cs
+@numba.njit(["int64" + _SCHED.format(S="float32")], **_SIG)
+def _stepwise_float32(policy, base_lr, gamma, power, stepsize, max_iter, stepvalue, iters, start, use_range,
+                      current_step, out):
+    """fixed/step/multistep in one sequential pass; ``pow`` once per distinct step."""
+    cs = current_step
+    n = stepvalue.size
+    last = np.int64(-1)
+    rate = base_lr
+    lo_b = np.int64(1)  # step: [lo_b, hi_b) is the iteration range of step ``cs`` (empty at first)
+    hi_b = np.int64(0)
+    for k in range(out.size):
+        if policy == FIXED:
+            out[k] = base_lr
+            continue
+        it = start + k if use_range else iters[k]
+        if policy == STEP:
+            if not (lo_b <= it and it < hi_b):
+                cs = c_int_div(it, stepsize)
+                if it >= 0 and stepsize > 0:
+                    lo_b = cs * stepsize
+                    hi_b = lo_b + stepsize
+        elif cs >= 0 and cs < n and it >= stepvalue[cs]:
+            cs += 1
+        if k == 0 or cs != last:
+            last = cs
+            rate = _stepwise32(base_lr, gamma, cs)
+        out[k] = rate
     return cs
 
 
-@numba.njit(["void(int64, float32, float32, float32, int64, int64, int64[::1], int64[::1], float32[::1])"],
-            cache=True, error_model="numpy", nogil=True, parallel=True)
-def _map_float32(policy, base_lr, gamma, power, stepsize, max_iter, iters, steps, out):
-    for k in numba.prange(iters.size):
-        out[k] = rate_float32(policy, base_lr, gamma, power, stepsize, max_iter, iters[k], steps[k])
+#: consecutive iterations per ``exp`` chunk between two glibc ``pow`` anchors
+EXP_CHUNK = 1024
+_EPS52 = 2.0**-52
 
 
-@numba.njit(["void(int64, float64, float64, float64, int64, int64, int64[::1], int64[::1], float64[::1])"],
-            cache=True, error_model="numpy", nogil=True, parallel=True)
-def _map_float64(policy, base_lr, gamma, power, stepsize, max_iter, iters, steps, out):
-    for k in numba.prange(iters.size):
-        out[k] = rate_float64(policy, base_lr, gamma, power, stepsize, max_iter, iters[k], steps[k])
+@numba.njit(["int64" + _SCHED.format(S="float32")], parallel=True, **_SIG)
+def _exp_float32(policy, base_lr, gamma, power, stepsize, max_iter, stepvalue, iters, start, use_range,
+                 current_step, out):
+    """exp: ``fl(double(base_lr) * pow(double(gamma), it))`` without a ``pow`` per element.
 
-
-@numba.njit(["void(int64, float32, float32, int64[::1], float32[::1])"], cache=True, error_model="numpy", nogil=True)
-def _stepwise_float32(policy, base_lr, gamma, steps, out):
-    """step/multistep: ``pow`` only when the step changes (the rate is a function of it)."""
-    last = np.int64(-1)
-    rate = np.float32(0)
-    for k in range(steps.size):
-        if k == 0 or steps[k] != last:
-            last = steps[k]
-            rate = np.float32(np.float64(base_lr) * powf(np.float64(gamma), np.float64(last)))
-        out[k] = rate
-
-
-def schedule_float32(policy, base_lr, gamma, power, stepsize, max_iter, iters, steps, out):
-    """Fill ``out[k]`` with ``rate_float32`` at ``iters[k]``/``steps[k]``.
-
-    Element-independent (``prange`` for the policies that call ``powf``,
-    ``pow`` or ``expf`` per element; step/multistep evaluate ``pow`` once per
-    distinct step), so bit-identical to calling ``rate_float32`` in a loop.
+    Within a chunk, ``p`` follows ``gamma**it`` by one double multiplication
+    per consecutive iteration from a glibc ``pow`` anchor. glibc's ``pow``
+    is within 1 ulp (2**-52 relative) of the true power, the anchor too, and
+    each multiplication adds at most 2**-53, so after ``j`` steps ``q =
+    base_lr*p`` is within ``delta = (j + 16) * 2**-52`` (a margin of 2 over
+    the bound) of Caffe's double ``base_lr*pow(gamma, it)``. When both
+    ``q*(1-delta)`` and ``q*(1+delta)`` round to the same float, so does
+    Caffe's value (rounding is monotonic); otherwise (about 2**-17 of
+    elements), or when ``p`` is not a finite normal double, ``pow`` is
+    called. Results far below float's range (``|q| < 1e-60``) are 0 either
+    way. Bit-identical to ``rate_float32`` per element.
     """
-    if policy == FIXED:
-        out[:] = base_lr
-    elif policy == STEP or policy == MULTISTEP:
-        _stepwise_float32(policy, base_lr, gamma, steps, out)
+    nchunks = (out.size + EXP_CHUNK - 1) // EXP_CHUNK
+    b = np.float64(base_lr)
+    g = np.float64(gamma)
+    for c in numba.prange(nchunks):
+        lo = c * EXP_CHUNK
+        hi = min(lo + EXP_CHUNK, out.size)
+        p = 0.0
+        j = np.int64(0)
+        prev = np.int64(0)
+        for k in range(lo, hi):
+            it = start + k if use_range else iters[k]
+            if k > lo and it == prev + 1 and j < EXP_CHUNK:
+                p = p * g
+                j += 1
+            else:
+                p = powf(g, np.float64(it))
+                j = 0
+            prev = it
+            q = b * p
+            r = np.float32(0)
+            exact = True
+            if p == p and abs(p) < np.inf and abs(q) < np.inf:
+                if abs(q) < 1e-60:
+                    r = np.float32(q)
+                    exact = False
+                elif abs(p) > 1e-300:
+                    d = (j + 16) * _EPS52
+                    r1 = np.float32(q * (1.0 - d))
+                    r2 = np.float32(q * (1.0 + d))
+                    if r1 == r2:
+                        r = r1
+                        exact = False
+            if exact:
+                r = _stepwise32(base_lr, gamma, it)
+            out[k] = r
+    return current_step
+
+
+@numba.njit(["int64" + _SCHED.format(S="float32")], parallel=True, **_SIG)
+def _map_float32(policy, base_lr, gamma, power, stepsize, max_iter, stepvalue, iters, start, use_range,
+                 current_step, out):
+    """inv/poly/sigmoid (and any policy): ``rate_float32`` per element, in parallel.
+
+    One loop per policy (the per-element expressions are ``rate_float32``'s
+    own helpers), so the loop body is just the glibc call and its roundings.
+    """
+    n = out.size
+    if policy == INV:
+        for k in numba.prange(n):
+            out[k] = _inv32(base_lr, gamma, power, start + k if use_range else iters[k])
+    elif policy == POLY:
+        for k in numba.prange(n):
+            out[k] = _poly32(base_lr, power, max_iter, start + k if use_range else iters[k])
+    elif policy == SIGMOID:
+        for k in numba.prange(n):
+            out[k] = _sigmoid32(base_lr, gamma, stepsize, start + k if use_range else iters[k])
     else:
-        _map_float32(policy, base_lr, gamma, power, stepsize, max_iter, iters, steps, out)
+        for k in numba.prange(n):
+            it = start + k if use_range else iters[k]
+            out[k] = rate_float32(policy, base_lr, gamma, power, stepsize, max_iter, it, current_step)
+    return current_step
 
 
-def schedule_float64(policy, base_lr, gamma, power, stepsize, max_iter, iters, steps, out):
-    """``schedule_float32``'s float64 yardstick (``rate_float64`` per element)."""
-    _map_float64(policy, base_lr, gamma, power, stepsize, max_iter, iters, steps, out)
+@numba.njit(["int64" + _SCHED.format(S="float64")], **_SIG)
+def _schedule_float64(policy, base_lr, gamma, power, stepsize, max_iter, stepvalue, iters, start, use_range,
+                      current_step, out):
+    cs = current_step
+    n = stepvalue.size
+    for k in range(out.size):
+        it = start + k if use_range else iters[k]
+        if policy == MULTISTEP and cs >= 0 and cs < n and it >= stepvalue[cs]:
+            cs += 1
+        out[k] = rate_float64(policy, base_lr, gamma, power, stepsize, max_iter, it, cs)
+        if policy == STEP:
+            cs = c_int_div(it, stepsize)
+    return cs
+
+
+def schedule_float32(policy, base_lr, gamma, power, stepsize, max_iter, stepvalue, iters, start, use_range,
+                     current_step, out):
+    """Fill ``out`` with the rates of successive calls; return the final ``current_step``.
+
+    Bit-identical to ``rate_float32`` call by call with multistep's state
+    threaded through in order: fixed/step/multistep run one sequential pass
+    (``pow`` once per distinct step), exp uses anchored multiplication with
+    an exact fallback (``_exp_float32``), inv/poly/sigmoid call
+    ``powf``/``expf`` per element in parallel (``prange``).
+    """
+    if policy in (FIXED, STEP, MULTISTEP):
+        fn = _stepwise_float32
+    elif policy == EXP:
+        fn = _exp_float32
+    else:
+        fn = _map_float32
+    return fn(policy, base_lr, gamma, power, stepsize, max_iter, stepvalue, iters, start, use_range, current_step,
+              out)
+
+
+def schedule_float64(policy, base_lr, gamma, power, stepsize, max_iter, stepvalue, iters, start, use_range,
+                     current_step, out):
+    """``schedule_float32``'s float64 yardstick (``rate_float64`` per call, sequential)."""
+    return _schedule_float64(policy, base_lr, gamma, power, stepsize, max_iter, stepvalue, iters, start,
+                             use_range, current_step, out)
