@@ -1,0 +1,1726 @@
+"""Audit a sequence of Caffe snapshots without the gradients that made them.
+
+``audit(paths, solver=..., profile=...)`` reads ``.solverstate`` files (and
+the ``.caffemodel`` each one names), sorts them by ``iter`` and checks the
+invariants below, each one a row of an :class:`AuditReport`. Any net, any
+snapshot interval, binary protobuf or HDF5.
+
+=====================  =====================================================
+invariant              what must hold (``k`` a snapshot, ``k-1`` the one
+                       before it when the two are consecutive iterations)
+=====================  =====================================================
+``iter-matches-name``  ``iter`` equals the ``N`` of ``<prefix>_iter_N`` in the
+                       state's file name and in its ``learned_net``
+``current-step``       ``current_step`` is what ``GetLearningRate`` leaves
+                       after its call at ``iter-1`` in a fresh run: step
+                       ``(iter-1)/stepsize``, multistep the stepvalues
+                       reached at one advance per call, others 0
+``history-layout``     N history blobs (SGD, Nesterov, AdaGrad, RMSProp) or
+                       2N (AdaDelta, Adam), shaped as the N learnable blobs
+``finite``             no NaN or Inf in any data, diff or history value
+``frozen-data``        blobs with ``lr_mult: 0`` keep their data (any
+                       interval; needs ``--solver``)
+``update-applied``     ``data_k == fl(data_{k-1} - diff_k)`` (``Net::Update``)
+``sgd-diff-is-history``  SGD: ``diff_k == history_k`` (``g = h``)
+``nesterov-step``      Nesterov: ``diff_k == axpby(fl(1+mu), h_k, -mu,
+                       h_{k-1})`` (FMA or not per profile)
+``adam-step``          Adam: ``diff_k`` recomputed from ``m_k``, ``v_k``, the
+                       rate of iteration ``k-1`` and ``correction(t=k)``
+``gradient-witness``   some float32 gradient ``g`` takes the history of
+                       ``k-1`` to that of ``k`` and yields ``diff_k``
+=====================  =====================================================
+
+Every comparison is bit for bit (float32). The *solver-specific* rows need
+``--solver`` (the snapshots do not record the solver type, the rates or the
+``lr_mult``); without it they are reported as skipped, with the reason.
+
+What is and is not exactly checkable without the gradient ``g`` (which
+also hides clipping, ``iter_size`` normalization and weight decay):
+
+- SGD: ``diff_k == h_k`` exactly. ``h_k = axpby(lr, g, mu, h_{k-1})``
+  constrains nothing when ``lr != 0`` beyond float granularity (the witness
+  row still requires a ``g``); with ``local_rate == 0`` it is exact:
+  ``h_k == sscal(mu, h_{k-1})``.
+- Nesterov: the step is a function of the two histories: exact.
+- AdaGrad/RMSProp: ``diff = axpby(lr, fl(g/fl(powf(h_k,.5)+delta)), 0, g)``
+  and ``h_k = fl(powf(g,2) + h_{k-1})`` (RMSProp: ``axpby(1-rho, powf(g,2),
+  rho, h_{k-1})``) share one unknown ``g``: the audit searches the float32
+  line for a ``g`` reproducing both bit for bit (``diff`` is monotone in
+  ``g``, the history in ``|g|``). This also checks the rate, roughly: a
+  wrong rate leaves no common ``g``. It cannot see ``g`` itself.
+- AdaDelta: ``r = powf(fl(fl(delta+h2_{k-1}) / fl(delta+h1_k)), .5)`` comes
+  from the snapshots; one ``g`` must give ``h1_k``, ``h2_k`` (through
+  ``fl(g*r)``) and ``diff_k = sscal(lr, fl(g*r))``.
+- Adam: ``diff_k`` is fully determined by ``m_k``, ``v_k`` and the rate:
+  exact for every snapshot; the moments need one ``g`` (witness row).
+- Not checkable at all: the gradients, the clipping scale, whether
+  ``iter_size``/weight decay were applied, the first snapshot of a run
+  (its predecessor, the initial weights and zero history, is not a
+  snapshot), and anything between snapshots more than one iteration apart.
+- Layers that write their own blobs in ``Forward`` (``BatchNorm``'s moving
+  averages) break ``update-applied``/``frozen-data`` by design; with
+  ``--solver`` their blobs are left out of those rows, without it they
+  cannot be told apart.
+
+``sscal(0, y)`` and FMA in ``saxpy`` differ between BLAS builds: the
+``profile`` (``harness.reference.PROFILES``) says which.
+
+Memory: nothing is loaded whole. Binary snapshots are indexed from the
+protobuf wire format (:func:`scan_caffemodel`, :func:`scan_solverstate`):
+each blob's packed ``data``/``diff`` is a byte range of the file, read in
+chunks of ``chunk`` values; HDF5 datasets stored contiguously are read the
+same way. An audit holds a few chunks of each of the two snapshots of a pair
+(about ``12 * chunk * 4`` bytes), whatever the net's size.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numba
+import numpy as np
+
+from .config import SolverConfig
+from .errors import CaffeRefusal, InputError
+
+__all__ = [
+    "INVARIANTS",
+    "SOLVER_INVARIANTS",
+    "DEFAULT_CHUNK",
+    "BlobRef",
+    "StateRef",
+    "Snapshot",
+    "Failure",
+    "InvariantResult",
+    "AuditReport",
+    "scan_caffemodel",
+    "scan_solverstate",
+    "find_snapshots",
+    "load_snapshots",
+    "audit",
+]
+
+#: invariant id -> one-line description, in report order
+INVARIANTS: dict[str, str] = {
+    "iter-matches-name": "iter equals the N of <prefix>_iter_N in the file name and in learned_net",
+    "current-step": "current_step is what GetLearningRate leaves after its call at iter-1",
+    "history-layout": "N (or 2N for AdaDelta, Adam) history blobs shaped as the learnable blobs",
+    "finite": "no NaN or Inf in data, diff or history",
+    "frozen-data": "blobs with lr_mult 0 keep their data",
+    "update-applied": "data(k) == fl(data(k-1) - diff(k)) for consecutive snapshots",
+    "sgd-diff-is-history": "SGD: diff(k) == history(k)",
+    "nesterov-step": "Nesterov: diff(k) == axpby(fl(1+momentum), h(k), -momentum, h(k-1))",
+    "adam-step": "Adam: diff(k) recomputed from m(k), v(k), lr(k-1) and correction(t=k)",
+    "gradient-witness": "a float32 gradient takes history(k-1) to history(k) and yields diff(k)",
+}
+
+#: solver-specific rows: shown only for that solver type
+SOLVER_INVARIANTS = {
+    "sgd-diff-is-history": "SGD",
+    "nesterov-step": "Nesterov",
+    "adam-step": "Adam",
+}
+
+#: values per read of one blob field (4 MiB of float32)
+DEFAULT_CHUNK = 1 << 20
+
+#: layer types whose Forward writes their own blobs (not only Net::Update)
+SELF_UPDATING_LAYERS = frozenset({"BatchNorm"})
+
+_TWO_SLOT = ("AdaDelta", "Adam")
+
+
+# ---------------------------------------------------------------------------
+# lazy blob storage: byte ranges of a file, read in chunks
+# ---------------------------------------------------------------------------
+
+
+class _Extent:
+    """``count`` little-endian floats (``<f4``) or doubles (``<f8``) at ``offset`` of ``path``."""
+
+    __slots__ = ("path", "offset", "count", "dtype")
+
+    def __init__(self, path: str, offset: int, count: int, dtype: str):
+        self.path, self.offset, self.count, self.dtype = path, offset, count, dtype
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        n = stop - start
+        size = np.dtype(self.dtype).itemsize
+        with open(self.path, "rb") as f:
+            f.seek(self.offset + start * size)
+            a = np.fromfile(f, dtype=self.dtype, count=n)
+        if a.size != n:
+            raise InputError(self.path, f"truncated: {n} values expected at byte {self.offset + start * size}")
+        return a.astype(np.float32) if self.dtype != "<f4" or a.dtype != np.float32 else a
+
+    def release(self) -> None:
+        pass
+
+
+class _Loaded:
+    """A blob field that can only be decoded whole (unusual encodings); kept until released."""
+
+    __slots__ = ("load", "count", "_array")
+
+    def __init__(self, load: Callable[[], np.ndarray], count: int):
+        self.load, self.count, self._array = load, count, None
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        if self._array is None:
+            self._array = np.ascontiguousarray(self.load(), dtype=np.float32).reshape(-1)
+        return self._array[start:stop]
+
+    def release(self) -> None:
+        self._array = None
+
+
+@dataclass(eq=False)
+class BlobRef:
+    """A blob of a snapshot file, not yet read: its ``name``, ``shape`` and where its values are.
+
+    ``read("data"|"diff", start, stop)`` returns the flat float32 values
+    ``[start, stop)``; ``data``/``diff`` are None when the file has none
+    (no ``snapshot_diff``; an HDF5 weight-shared blob has no data).
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    data: object | None = None
+    diff: object | None = None
+
+    @property
+    def count(self) -> int:
+        """Number of values (Caffe's ``count()``)."""
+        n = 1
+        for d in self.shape:
+            n *= int(d)
+        return n
+
+    def read(self, which: str, start: int, stop: int) -> np.ndarray:
+        """Flat float32 values ``[start, stop)`` of ``data`` or ``diff``."""
+        ext = self.data if which == "data" else self.diff
+        if ext is None:
+            raise ValueError(f"blob {self.name} has no {which}")
+        return ext.read(start, stop)
+
+    def release(self) -> None:
+        """Drop any wholly decoded values (see ``_Loaded``)."""
+        for ext in (self.data, self.diff):
+            if ext is not None:
+                ext.release()
+
+
+@dataclass(eq=False)
+class StateRef:
+    """A ``.solverstate`` indexed: ``iter``, ``current_step``, ``learned_net``, ``history`` blobs."""
+
+    path: str
+    iter: int
+    current_step: int
+    learned_net: str
+    history: list[BlobRef]
+
+
+# ---------------------------------------------------------------------------
+# protobuf wire format, read lazily from a file
+# ---------------------------------------------------------------------------
+
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+class _WireError(Exception):
+    pass
+
+
+class _File:
+    """A binary file read at explicit positions, for walking protobuf fields."""
+
+    def __init__(self, path: str):
+        self.path = path
+        try:
+            self.f = open(path, "rb", buffering=1 << 16)
+        except FileNotFoundError:
+            raise InputError(path, "no such file") from None
+        except IsADirectoryError:
+            raise InputError(path, "is a directory, expected a file") from None
+        except PermissionError:
+            raise InputError(path, "permission denied") from None
+        self.size = os.fstat(self.f.fileno()).st_size
+
+    def close(self) -> None:
+        self.f.close()
+
+    def head(self, n: int) -> bytes:
+        self.f.seek(0)
+        return self.f.read(n)
+
+    def bytes_at(self, pos: int, n: int) -> bytes:
+        self.f.seek(pos)
+        b = self.f.read(n)
+        if len(b) != n:
+            raise _WireError(f"truncated: {n} bytes expected at byte {pos}")
+        return b
+
+    def varint(self, pos: int, end: int) -> tuple[int, int]:
+        self.f.seek(pos)
+        result = shift = 0
+        while True:
+            if pos >= end:
+                raise _WireError(f"truncated: varint runs past the end at byte {pos}")
+            b = self.f.read(1)
+            if not b:
+                raise _WireError(f"truncated: varint runs past the end of the file at byte {pos}")
+            pos += 1
+            result |= (b[0] & 0x7F) << shift
+            if not b[0] & 0x80:
+                return result, pos
+            shift += 7
+            if shift >= 70:
+                raise _WireError(f"corrupt: varint longer than 10 bytes at byte {pos}")
+
+    def fields(self, start: int, end: int):
+        """Yield ``(number, wire, value)`` of the message in ``[start, end)``.
+
+        ``value`` is the integer of a varint, ``(offset, length)`` of a
+        length-delimited field, None for fixed-width fields (skipped).
+        """
+        pos = start
+        while pos < end:
+            at = pos
+            key, pos = self.varint(pos, end)
+            number, wire = key >> 3, key & 7
+            if number == 0:
+                raise _WireError(f"corrupt: field number 0 at byte {at}")
+            if wire == 0:
+                value, pos = self.varint(pos, end)
+            elif wire == 1:
+                value, pos = None, pos + 8
+            elif wire == 2:
+                length, pos = self.varint(pos, end)
+                value, pos = (pos, length), pos + length
+            elif wire == 5:
+                value, pos = None, pos + 4
+            else:
+                raise _WireError(f"corrupt: invalid wire type {wire} at byte {at}")
+            if pos > end:
+                where = "the end of the file" if end == self.size else "the end of its message"
+                raise _WireError(f"truncated: field {number} at byte {at} runs past {where} ({end} bytes)")
+            yield number, wire, value
+
+
+def _int32(v: int) -> int:
+    v &= (1 << 64) - 1
+    v &= 0xFFFFFFFF
+    return v - (1 << 32) if v >= 1 << 31 else v
+
+
+def _fmt_shape(shape: Sequence[int]) -> str:
+    return "x".join(str(int(d)) for d in shape) if len(shape) else "()"
+
+
+def _count(shape: Sequence[int]) -> int:
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n
+
+
+def _scan_blob(fh: _File, start: int, length: int, name: str) -> BlobRef:
+    """Index one ``BlobProto``: shape and the byte ranges of its values."""
+    legacy = {}
+    dims: list[int] | None = None
+    found: dict[int, list] = {}
+    unusual = False
+    for number, wire, value in fh.fields(start, start + length):
+        if number in (1, 2, 3, 4) and wire == 0:
+            legacy[number] = _int32(value)
+        elif number in (5, 6, 8, 9):
+            found.setdefault(number, []).append((wire, value))
+            if wire != 2 or len(found[number]) > 1:
+                unusual = True  # unpacked or split packed values: let protobuf decode
+        elif number == 7 and wire == 2:
+            dims = []
+            for n2, w2, v2 in fh.fields(value[0], value[0] + value[1]):
+                if n2 != 1:
+                    continue
+                if w2 == 0:
+                    dims.append(v2 - (1 << 64) if v2 >= 1 << 63 else v2)
+                elif w2 == 2:
+                    raw = fh.bytes_at(v2[0], v2[1])
+                    i = 0
+                    while i < len(raw):
+                        r = s = 0
+                        while True:
+                            if i >= len(raw):
+                                raise _WireError(f"corrupt: blob {name}: shape dims end inside a varint")
+                            b = raw[i]
+                            i += 1
+                            r |= (b & 0x7F) << s
+                            if not b & 0x80:
+                                break
+                            s += 7
+                        dims.append(r - (1 << 64) if r >= 1 << 63 else r)
+    path = fh.path
+    if legacy:
+        shape = tuple(legacy.get(i, 0) for i in (1, 2, 3, 4))
+    else:
+        shape = tuple(int(d) for d in (dims or ()))
+    for d in shape:
+        if d < 0:
+            raise InputError(path, f"blob {name}: negative dimension in shape {_fmt_shape(shape)}")
+    count = _count(shape)
+
+    if unusual:
+        raw = fh.bytes_at(start, length)
+
+        def decode(which, raw=raw):
+            from .io.blobs import blob_to_array
+            from .proto import caffe_pb2
+
+            try:
+                msg = caffe_pb2.BlobProto.FromString(raw)
+            except Exception as e:
+                raise InputError(path, f"blob {name}: protobuf cannot decode it ({e})") from None
+            return blob_to_array(msg, source=path, name=name, field=which)
+
+        data_arr = decode("data")  # validates now; decoded again on use
+        diff_arr = decode("diff")
+        del data_arr
+        data = _Loaded(lambda: decode("data"), count)
+        diff = None if diff_arr is None else _Loaded(lambda: decode("diff"), count)
+        return BlobRef(name, shape, data, diff)
+
+    def extent(which: str):
+        fnum, dnum = (5, 8) if which == "data" else (6, 9)
+        if dnum in found:
+            (_, (off, ln)), = found[dnum]
+            size, dtype, kind = 8, "<f8", "double_" + which
+        elif fnum in found:
+            (_, (off, ln)), = found[fnum]
+            size, dtype, kind = 4, "<f4", which
+        elif which == "data":
+            off, ln, size, dtype, kind = start, 0, 4, "<f4", "data"
+        else:
+            return None
+        if ln % size:
+            raise InputError(path, f"blob {name}: packed {kind} of {ln} bytes is not a whole number of values")
+        n = ln // size
+        if n != count:
+            raise InputError(path, f"blob {name}: {n} {kind} values for shape {_fmt_shape(shape)} (count {count})")
+        return _Extent(path, off, n, dtype)
+
+    return BlobRef(name, shape, extent("data"), extent("diff"))
+
+
+_STATE_WIRE = {1: 0, 2: 2, 3: 2, 4: 0}
+_NET_WIRE = {1: {2}, 2: {2}, 3: {2}, 4: {0, 2}, 5: {0}, 6: {2}, 7: {0}, 8: {2}, 100: {2}}
+_WRONG_KIND = {
+    "caffemodel": "is a solver state (.solverstate), expected a caffemodel (net weights)",
+    "solverstate": "is a caffemodel (net weights), expected a solver state (.solverstate)",
+}
+
+
+def _kind(fields: list[tuple[int, int]]) -> str | None:
+    numbers = {n for n, _ in fields}
+    state_ok = all(_STATE_WIRE.get(n) == w for n, w in fields)
+    net_ok = all(w in _NET_WIRE.get(n, ()) for n, w in fields)
+    if state_ok and (1 in numbers or 4 in numbers or not net_ok):
+        return "solverstate"
+    if net_ok:
+        return "caffemodel"
+    return None
+
+
+def _open_binary(path: str, expected: str):
+    """Open ``path``, reject empty/HDF5/text/other-kind files; return (file, top-level fields) or None for HDF5."""
+    fh = _File(path)
+    if fh.size == 0:
+        fh.close()
+        raise InputError(path, "file is empty")
+    head = fh.head(4096)
+    if head.startswith(HDF5_SIGNATURE):
+        fh.close()
+        return None, None
+    try:
+        top = list(fh.fields(0, fh.size))
+    except _WireError as e:
+        fh.close()
+        if _looks_like_text(head):
+            raise InputError(path, "is a text file (a prototxt?), expected a binary protobuf snapshot") from None
+        if str(e).startswith("truncated"):
+            raise InputError(path, str(e)) from None
+        raise InputError(path, f"not a Caffe binary protobuf file ({e})") from None
+    kind = _kind([(n, w) for n, w, _ in top])
+    if kind is None:
+        fh.close()
+        if _looks_like_text(head):
+            raise InputError(path, "is a text file (a prototxt?), expected a binary protobuf snapshot")
+        raise InputError(path, f"not a Caffe {expected} (unexpected protobuf fields)")
+    if kind != expected:
+        fh.close()
+        raise InputError(path, _WRONG_KIND[expected])
+    return fh, top
+
+
+def _looks_like_text(head: bytes) -> bool:
+    printable = sum(1 for b in head if 32 <= b < 127 or b in (9, 10, 13))
+    return printable >= 0.95 * len(head)
+
+
+def scan_caffemodel(path: str | os.PathLike) -> dict[str, list[BlobRef]]:
+    """Index a ``.caffemodel`` (binary or HDF5) without reading its values.
+
+    ``{layer: [BlobRef, ...]}`` in the file's layer order (HDF5: name
+    order), like :func:`harness.io.blobs.read_caffemodel`, but each blob is
+    a :class:`BlobRef` read on demand. Bad files raise :class:`InputError`.
+    """
+    path = os.fspath(path)
+    fh, top = _open_binary(path, "caffemodel")
+    if fh is None:
+        return _scan_caffemodel_h5(path)
+    try:
+        out: dict[str, list[BlobRef]] = {}
+        kinds = {n for n, _, _ in top if n in (2, 100)}
+        if kinds == {2, 100}:
+            raise InputError(path, "has both 'layer' and V1 'layers' fields (Caffe refuses such a net)")
+        for idx, (number, wire, value) in enumerate(f for f in top if f[0] in (2, 100)):
+            name_field, blobs_field = (1, 7) if number == 100 else (4, 6)
+            name = None
+            blob_ranges = []
+            for n2, w2, v2 in fh.fields(value[0], value[0] + value[1]):
+                if n2 == name_field and w2 == 2:
+                    name = fh.bytes_at(*v2).decode("utf-8", "surrogateescape")
+                elif n2 == blobs_field and w2 == 2:
+                    blob_ranges.append(v2)
+            if not name:
+                raise InputError(path, f"layer #{idx} has no name (a V0 or corrupt caffemodel?)")
+            if name in out:
+                raise InputError(path, f"two layers are named '{name}'")
+            out[name] = [_scan_blob(fh, off, ln, f"{name}/{i}") for i, (off, ln) in enumerate(blob_ranges)]
+        return out
+    except _WireError as e:
+        raise InputError(path, f"corrupt caffemodel: {e}") from None
+    finally:
+        fh.close()
+
+
+def scan_solverstate(path: str | os.PathLike) -> StateRef:
+    """Index a ``.solverstate`` (binary or HDF5) without reading its history values."""
+    path = os.fspath(path)
+    fh, top = _open_binary(path, "solverstate")
+    if fh is None:
+        return _scan_solverstate_h5(path)
+    try:
+        it = cs = 0
+        learned = ""
+        history = []
+        for number, wire, value in top:
+            if number == 1:
+                it = _int32(value)
+            elif number == 4:
+                cs = _int32(value)
+            elif number == 2:
+                learned = fh.bytes_at(*value).decode("utf-8", "surrogateescape")
+            elif number == 3:
+                history.append(_scan_blob(fh, value[0], value[1], f"history/{len(history)}"))
+        return StateRef(path, it, cs, learned, history)
+    except _WireError as e:
+        raise InputError(path, f"corrupt solverstate: {e}") from None
+    finally:
+        fh.close()
+
+
+# -- HDF5 -------------------------------------------------------------------
+
+
+def _h5_open(path: str):
+    import h5py
+
+    try:
+        return h5py.File(path, "r")
+    except (OSError, ValueError) as e:
+        raise InputError(path, f"truncated or corrupt HDF5 file ({e})") from None
+
+
+def _h5_blob(ds, path: str, name: str):
+    """An extent for an HDF5 dataset: its raw bytes when contiguous float, else decoded on use."""
+    import h5py
+
+    if not isinstance(ds, h5py.Dataset):
+        raise InputError(path, f"{ds.name} is a group, expected a dataset")
+    if ds.dtype.kind not in "fiu":
+        raise InputError(path, f"{ds.name}: unsupported HDF5 data type {ds.dtype} (Caffe reads float or integer)")
+    shape = tuple(int(d) for d in ds.shape)
+    count = _count(shape)
+    offset = None
+    try:
+        if ds.chunks is None and ds.compression is None and ds.dtype.str in ("<f4", "<f8"):
+            offset = ds.id.get_offset()
+    except Exception:  # no storage allocated yet, or an unusual layout
+        offset = None
+    size = os.path.getsize(path)
+    if offset is not None and offset + count * ds.dtype.itemsize <= size:
+        return shape, _Extent(path, int(offset), count, ds.dtype.str)
+    dsname = ds.name
+
+    def load():
+        with _h5_open(path) as f:
+            try:
+                return np.asarray(f[dsname][()], dtype=np.float32)
+            except (OSError, ValueError) as e:
+                raise InputError(path, f"{dsname}: cannot read dataset, truncated or corrupt ({e})") from None
+
+    return shape, _Loaded(load, count)
+
+
+def _h5_kind(f, path: str) -> str:
+    keys = set(f.keys())
+    if "data" in keys and hasattr(f["data"], "keys"):
+        return "caffemodel"
+    if {"iter", "history"} <= keys:
+        return "solverstate"
+    listed = ", ".join(sorted(keys)[:6]) or "nothing"
+    raise InputError(path, f"HDF5 file is not a Caffe snapshot (no /data group, no iter/history; it holds {listed})")
+
+
+def _h5_indexed(group, path: str, where: str) -> dict[int, object]:
+    out = {}
+    for key in group.keys():
+        if not key.isdigit():
+            raise InputError(path, f"{where}/{key}: expected datasets named 0, 1, 2, ...")
+        out[int(key)] = group[key]
+    return out
+
+
+def _scan_caffemodel_h5(path: str) -> dict[str, list[BlobRef]]:
+    import h5py
+
+    with _h5_open(path) as f:
+        kind = _h5_kind(f, path)
+        if kind != "caffemodel":
+            raise InputError(path, _WRONG_KIND["caffemodel"])
+        data = f["data"]
+        diff = f["diff"] if "diff" in f else None
+        out: dict[str, list[BlobRef]] = {}
+        for layer in data.keys():
+            group = data[layer]
+            if not isinstance(group, h5py.Group):
+                raise InputError(path, f"/data/{layer} is a dataset, expected a group of blobs")
+            d = _h5_indexed(group, path, f"/data/{layer}")
+            g = _h5_indexed(diff[layer], path, f"/diff/{layer}") if diff is not None and layer in diff else {}
+            blobs = []
+            for i in range(max([*d, *g], default=-1) + 1):
+                name = f"{layer}/{i}"
+                shape, dext = _h5_blob(d[i], path, name) if i in d else (None, None)
+                gshape, gext = _h5_blob(g[i], path, name) if i in g else (None, None)
+                if shape is not None and gshape is not None and shape != gshape:
+                    raise InputError(
+                        path, f"blob {name}: data shape {_fmt_shape(shape)} differs from diff shape {_fmt_shape(gshape)}"
+                    )
+                blobs.append(BlobRef(name, shape if shape is not None else (gshape or ()), dext, gext))
+            out[layer] = blobs
+        return out
+
+
+def _h5_int(f, key: str, path: str) -> int:
+    if key not in f:
+        raise InputError(path, f"solver state has no '{key}' dataset")
+    arr = np.asarray(f[key][()])
+    if arr.size != 1 or arr.dtype.kind not in "iu":
+        raise InputError(path, f"'{key}' should be one integer, got {arr.dtype} of shape {arr.shape}")
+    return int(arr.reshape(-1)[0])
+
+
+def _scan_solverstate_h5(path: str) -> StateRef:
+    import h5py
+
+    with _h5_open(path) as f:
+        kind = _h5_kind(f, path)
+        if kind != "solverstate":
+            raise InputError(path, _WRONG_KIND["solverstate"])
+        it = _h5_int(f, "iter", path)
+        cs = _h5_int(f, "current_step", path)
+        learned = ""
+        if "learned_net" in f:
+            raw = f["learned_net"][()]
+            if isinstance(raw, np.ndarray):
+                raw = raw.reshape(-1)[0] if raw.size else b""
+            if isinstance(raw, bytes):
+                raw = raw.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+            learned = str(raw)
+        group = f["history"]
+        if not isinstance(group, h5py.Group):
+            raise InputError(path, "/history is a dataset, expected a group")
+        idx = _h5_indexed(group, path, "/history")
+        missing = [i for i in range(len(idx)) if i not in idx]
+        if missing:
+            raise InputError(path, f"/history/{missing[0]} is missing ({len(idx)} history blobs)")
+        history = []
+        for i in range(len(idx)):
+            shape, ext = _h5_blob(idx[i], path, f"history/{i}")
+            history.append(BlobRef(f"history/{i}", shape, ext, None))
+        return StateRef(path, it, cs, learned, history)
+
+
+# ---------------------------------------------------------------------------
+# finding the snapshots of a sequence
+# ---------------------------------------------------------------------------
+
+_STATE_NAME = re.compile(r"^(?P<prefix>.*)_iter_(?P<iter>\d+)\.solverstate(?P<h5>\.h5)?$")
+_ITER_IN_NAME = re.compile(r"_iter_(\d+)\.(?:solverstate|caffemodel)(?:\.h5)?$")
+
+
+def _iter_of_name(name: str) -> int | None:
+    m = _ITER_IN_NAME.search(name)
+    return int(m.group(1)) if m else None
+
+
+def _states_in(folder: Path, prefix: str | None = None) -> list[Path]:
+    out = []
+    for p in folder.iterdir():
+        m = _STATE_NAME.match(p.name)
+        if m and p.is_file() and (prefix is None or m.group("prefix") == prefix):
+            out.append(p)
+    return out
+
+
+def find_snapshots(args: Iterable[str | os.PathLike]) -> list[Path]:
+    """The ``.solverstate`` files named by ``args``, each a file, a folder or a prefix.
+
+    A folder gives its ``*_iter_N.solverstate[.h5]`` (one prefix only); a
+    prefix such as ``snapshots/run`` gives ``snapshots/run_iter_N.solverstate[.h5]``.
+    A file given twice, a folder holding several prefixes or nothing, and a
+    caffemodel given instead of its state raise :class:`InputError`.
+    """
+    out: list[Path] = []
+    seen: dict[Path, str] = {}
+    for a in args:
+        p = Path(a)
+        if p.is_dir():
+            found = _states_in(p)
+            if not found:
+                raise InputError(p, "no <prefix>_iter_N.solverstate files in this folder")
+            prefixes = sorted({_STATE_NAME.match(q.name).group("prefix") for q in found})
+            if len(prefixes) > 1:
+                raise InputError(
+                    p, f"holds snapshots of {len(prefixes)} prefixes ({', '.join(prefixes)}); "
+                       f"name one, e.g. {p / prefixes[0]}"
+                )
+        elif p.is_file():
+            if re.search(r"\.caffemodel(\.h5)?$", p.name):
+                raise InputError(p, "is a caffemodel: give the .solverstate files (each names its caffemodel)")
+            found = [p]
+        else:
+            found = _states_in(p.parent if str(p.parent) else Path("."), p.name) if p.parent.is_dir() else []
+            if not found:
+                raise InputError(p, f"no such file, folder or snapshot prefix (no {p.name}_iter_N.solverstate)")
+        for q in found:
+            key = q.resolve()
+            if key in seen:
+                raise InputError(q, f"given twice (also as {seen[key]})")
+            seen[key] = os.fspath(q)
+            out.append(q)
+    if not out:
+        raise InputError(None, "no snapshots given")
+    return out
+
+
+def _caffemodel_for(state_path: Path, learned_net: str) -> Path:
+    folder = state_path.parent
+    cands: list[Path] = []
+    if learned_net:
+        ln = Path(learned_net)
+        if ln.is_absolute():
+            cands.append(ln)
+        cands.append(folder / ln.name)
+    name = state_path.name
+    stem = re.sub(r"\.solverstate(\.h5)?$", "", name)
+    exts = (".caffemodel.h5", ".caffemodel") if name.endswith(".h5") else (".caffemodel", ".caffemodel.h5")
+    cands.extend(folder / (stem + e) for e in exts)
+    for c in cands:
+        if c.is_file():
+            return c
+    raise InputError(
+        state_path, f"its caffemodel is missing: learned_net '{learned_net}' is not in {folder}, nor {stem}.caffemodel"
+    )
+
+
+@dataclass(eq=False)
+class Snapshot:
+    """One snapshot of a sequence: its state, its caffemodel's blobs (indexed, not read)."""
+
+    state_path: Path
+    model_path: Path
+    state: StateRef
+    params: dict[str, BlobRef]  # "<layer>/<i>" in file order
+
+    @property
+    def iter(self) -> int:
+        return self.state.iter
+
+    @property
+    def name_iter(self) -> int | None:
+        return _iter_of_name(self.state_path.name)
+
+
+def load_snapshots(paths: Iterable[str | os.PathLike]) -> list[Snapshot]:
+    """Index each state and its caffemodel; sorted by ``iter`` (duplicates raise ``InputError``)."""
+    snaps = []
+    for p in paths:
+        p = Path(p)
+        state = scan_solverstate(p)
+        model = _caffemodel_for(p, state.learned_net)
+        layers = scan_caffemodel(model)
+        params = {f"{layer}/{i}": b for layer, blobs in layers.items() for i, b in enumerate(blobs)}
+        snaps.append(Snapshot(p, model, state, params))
+    snaps.sort(key=lambda s: s.iter)
+    for a, b in zip(snaps, snaps[1:]):
+        if a.iter == b.iter:
+            raise InputError(b.state_path, f"holds iter {b.iter} like {a.state_path}: a duplicate snapshot iteration")
+    return snaps
+
+
+# ---------------------------------------------------------------------------
+# report
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Where an invariant broke: the file, blob, field, flat index and the values."""
+
+    file: str
+    blob: str | None = None
+    field: str | None = None
+    index: int | None = None
+    expected: float | None = None
+    got: float | None = None
+    message: str = ""
+
+    def to_dict(self) -> dict:
+        d = {"file": self.file, "blob": self.blob, "field": self.field, "index": self.index, "message": self.message}
+        for k in ("expected", "got"):
+            v = getattr(self, k)
+            d[k] = None if v is None else _json_float(v)
+            d[k + "_bits"] = None if v is None else _bits_hex(v)
+        return d
+
+    def __str__(self) -> str:
+        where = os.path.basename(self.file)
+        if self.blob:
+            where += f": blob {self.blob}"
+            if self.field:
+                where += f" {self.field}"
+            if self.index is not None:
+                where += f" [{self.index}]"
+        vals = ""
+        if self.got is not None:
+            vals = f": got {_fmt_value(self.got)}"
+            if self.expected is not None:
+                vals += f", expected {_fmt_value(self.expected)}"
+        msg = f" ({self.message})" if self.message else ""
+        return where + vals + msg
+
+
+def _bits_hex(v: float) -> str:
+    return "0x%08x" % int(np.float32(v).view(np.uint32))
+
+
+def _fmt_value(v: float) -> str:
+    return f"{np.float32(v)!r}".replace("np.float32(", "").rstrip(")") + f" ({_bits_hex(v)})"
+
+
+def _json_float(v: float):
+    v = float(v)
+    if math.isfinite(v):
+        return v
+    return "nan" if v != v else ("inf" if v > 0 else "-inf")
+
+
+@dataclass
+class InvariantResult:
+    """One row of the report: how many cases (snapshots or pairs) and values were checked, what failed."""
+
+    id: str
+    description: str
+    cases: int = 0
+    values: int = 0
+    failed_cases: int = 0
+    failed_values: int = 0
+    skipped: str | None = None
+    failures: list[Failure] = field(default_factory=list)
+
+    @property
+    def status(self) -> str:
+        """``"fail"``, ``"pass"``, or ``"skipped"`` when nothing could be checked."""
+        if self.failed_cases or self.failed_values:
+            return "fail"
+        if self.cases == 0:
+            return "skipped"
+        return "pass"
+
+    def to_dict(self) -> dict:
+        return {
+            "id": self.id,
+            "description": self.description,
+            "status": self.status,
+            "cases": self.cases,
+            "values": self.values,
+            "failed_cases": self.failed_cases,
+            "failed_values": self.failed_values,
+            "skipped": self.skipped if self.status == "skipped" else None,
+            "failures": [f.to_dict() for f in self.failures],
+        }
+
+
+@dataclass
+class AuditReport:
+    """The audit of one snapshot sequence: a row per invariant; ``ok`` when none failed."""
+
+    snapshots: list[dict]
+    solver: str | None
+    solver_type: str | None
+    profile: str
+    invariants: list[InvariantResult]
+
+    @property
+    def ok(self) -> bool:
+        return all(r.status != "fail" for r in self.invariants)
+
+    @property
+    def exit_code(self) -> int:
+        """0 when every invariant holds (or was skipped), 1 when one failed."""
+        return 0 if self.ok else 1
+
+    def row(self, invariant: str) -> InvariantResult:
+        """The row of ``invariant`` (``KeyError`` lists the rows)."""
+        for r in self.invariants:
+            if r.id == invariant:
+                return r
+        raise KeyError(f"no row {invariant!r} (rows: {', '.join(r.id for r in self.invariants)})")
+
+    def to_dict(self) -> dict:
+        return {
+            "ok": self.ok,
+            "solver": self.solver,
+            "type": self.solver_type,
+            "profile": self.profile,
+            "snapshots": self.snapshots,
+            "invariants": [r.to_dict() for r in self.invariants],
+        }
+
+    def format_text(self, *, examples: int = 3) -> str:
+        """The pass/fail table, then the first failures of each failing row."""
+        s = self.snapshots
+        iters = [x["iter"] for x in s]
+        head = f"audit of {len(s)} snapshot{'s' if len(s) != 1 else ''}"
+        if s:
+            span = f"iter {iters[0]}" if len(iters) == 1 else f"iter {iters[0]}..{iters[-1]}"
+            head += f" ({span}) in {os.path.dirname(s[0]['state']) or '.'}"
+        head += f"; solver: {self.solver or 'none (--solver not given)'}"
+        if self.solver_type:
+            head += f" ({self.solver_type})"
+        head += f"; profile {self.profile}"
+        lines = [head]
+        w = max(len(r.id) for r in self.invariants)
+        lines.append(f"  {'invariant':<{w}}  {'result':<7}  {'cases':>6}  {'values':>10}  {'failed':>8}")
+        for r in self.invariants:
+            failed = r.failed_values if r.failed_values else r.failed_cases
+            note = f"  ({r.skipped})" if r.status == "skipped" and r.skipped else ""
+            lines.append(f"  {r.id:<{w}}  {r.status.upper():<7}  {r.cases:>6}  {r.values:>10}  {failed:>8}{note}")
+        for r in self.invariants:
+            if r.status != "fail":
+                continue
+            for f in r.failures[:examples]:
+                lines.append(f"FAIL {r.id}: {f}")
+            more = max(r.failed_values, r.failed_cases) - min(len(r.failures), examples)
+            if more > 0:
+                lines.append(f"FAIL {r.id}: ... and {more} more")
+        lines.append("all invariants hold" if self.ok else "some invariants fail")
+        return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------
+# check kernels (numba; the BLAS/libm primitives are harness.kernels.update's)
+# ---------------------------------------------------------------------------
+
+from .kernels.update import SCAL_MULTIPLY, SCAL_ZERO_FILL_NAN, fma, powf  # noqa: E402
+
+_njit = numba.njit(cache=True, error_model="numpy", nogil=True)
+
+
+@_njit
+def _scal(alpha, y, zero_fill):
+    """``sscal(alpha, y)`` of one element, as ``harness.kernels.update`` models each BLAS."""
+    if alpha == 1:
+        return y
+    if zero_fill != SCAL_MULTIPLY and (alpha == 0 or (zero_fill == SCAL_ZERO_FILL_NAN and alpha != alpha)):
+        return np.float32(0)
+    return alpha * y
+
+
+@_njit
+def _axpy(alpha, x, y, fused):
+    """``saxpy(alpha, x, y)`` of one element; a no-op when alpha is 0."""
+    if alpha == 0:
+        return y
+    if fused:
+        return fma(alpha, x, y)
+    return y + alpha * x
+
+
+@_njit
+def _axpby(alpha, x, beta, y, fused, zero_fill):
+    """``caffe_cpu_axpby``: ``sscal(beta, y)`` then ``saxpy(alpha, x, y)``."""
+    return _axpy(alpha, x, _scal(beta, y, zero_fill), fused)
+
+
+@_njit
+def _nesterov_expected(h, hp, one_plus_mu, neg_mu, fused, zero_fill, out):
+    """Nesterov's update value from the two histories: ``axpby(fl(1+mu), h, -mu, h_prev)``."""
+    for i in range(h.size):
+        out[i] = _axpby(one_plus_mu, h[i], neg_mu, hp[i], fused, zero_fill)
+
+
+@_njit
+def _adam_expected(m, v, rate_correction, eps_hat, zero_fill, out):
+    """Adam's update value: ``sscal(fl(local_rate*correction), fl(m / fl(powf(v, .5) + eps_hat)))``."""
+    half = np.float32(0.5)
+    for i in range(m.size):
+        t = m[i] / (powf(v[i], half) + eps_hat)
+        out[i] = _scal(rate_correction, t, zero_fill)
+
+
+# -- gradient witness ---------------------------------------------------------
+# A "key" orders float32 values as integers: key(+x) = bits(x), key(-x) =
+# -bits(x) (so +0 and -0 share key 0); consecutive keys are adjacent floats.
+
+W_SGD, W_ADAGRAD, W_RMSPROP, W_ADADELTA, W_ADAM = range(5)
+# observable A (monotone in g) and B (monotone in |g|)
+_A_AXPBY, _A_ADAGRAD, _A_DELTA = range(3)
+_B_NONE, _B_ADD_POW, _B_AXPBY_POW, _B_AXPBY_SQ, _B_AXPBY_POW_R = range(5)
+_GMAX = np.float32(1.8446742e19)  # |g| beyond this makes powf(g, 2) overflow
+_UNCHECKED, _FAILED, _OK = 0, 1, 2
+
+
+@_njit
+def _g_of(k, buf, ibuf):
+    if k >= 0:
+        ibuf[0] = k
+    else:
+        ibuf[0] = -k - 2147483648
+    return buf[0]
+
+
+@_njit
+def _key_of(x, buf, ibuf):
+    buf[0] = x
+    i = np.int64(ibuf[0])
+    if i >= 0:
+        return i
+    return -(i + 2147483648)
+
+
+@_njit
+def _same(a, b):
+    if a != a:
+        return b != b
+    return a == b and math.copysign(1.0, a) == math.copysign(1.0, b)
+
+
+@_njit
+def _fa(kind, g, p0, p1, p2, fused, zf):
+    if kind == _A_AXPBY:  # axpby(p0, g, p1, p2): SGD/Nesterov h, Adam m
+        return _axpby(p0, g, p1, p2, fused, zf)
+    if kind == _A_ADAGRAD:  # axpby(lr, fl(g / s), 0, g): AdaGrad/RMSProp diff
+        return _axpby(p0, g / p1, np.float32(0), g, fused, zf)
+    # _A_DELTA: sscal(lr, fl(g * r)): AdaDelta diff
+    return _scal(p0, g * p1, zf)
+
+
+@_njit
+def _fb(kind, g, q0, q1, q2, r, fused, zf):
+    two = np.float32(2)
+    if kind == _B_ADD_POW:  # AdaGrad h
+        return powf(g, two) + q2
+    if kind == _B_AXPBY_POW:  # RMSProp h, AdaDelta h1
+        return _axpby(q0, powf(g, two), q1, q2, fused, zf)
+    if kind == _B_AXPBY_SQ:  # Adam v
+        return _axpby(q0, g * g, q1, q2, fused, zf)
+    # _B_AXPBY_POW_R: AdaDelta h2 of fl(g * r)
+    gr = g * r
+    return _axpby(q0, powf(gr, two), q1, q2, fused, zf)
+
+
+@_njit
+def _fits(g, ak, p0, p1, p2, ta, b1k, b1q0, b1q1, b1q2, t1, b2k, b2q0, b2q1, b2q2, t2, r, fused, zf):
+    if not _same(_fa(ak, g, p0, p1, p2, fused, zf), ta):
+        return False
+    if b1k != _B_NONE and not _same(_fb(b1k, g, b1q0, b1q1, b1q2, r, fused, zf), t1):
+        return False
+    if b2k != _B_NONE and not _same(_fb(b2k, g, b2q0, b2q1, b2q2, r, fused, zf), t2):
+        return False
+    return True
+
+
+@_njit
+def _first_a(lo, hi, strict, sign, ak, p0, p1, p2, ta, fused, zf, buf, ibuf):
+    """First key in [lo, hi+1) with sign*A(g) >= sign*ta (> when strict); A monotone."""
+    a, b = lo, hi + 1
+    while a < b:
+        mid = (a + b) // 2
+        v = _fa(ak, _g_of(mid, buf, ibuf), p0, p1, p2, fused, zf)
+        if sign < 0:
+            c = v < ta if strict else v <= ta
+        else:
+            c = v > ta if strict else v >= ta
+        if c:
+            b = mid
+        else:
+            a = mid + 1
+    return a
+
+
+@_njit
+def _first_b(m_lo, m_hi, neg, bk, q0, q1, q2, tb, r, fused, zf, buf, ibuf):
+    """First m in [m_lo, m_hi+1) with B(g) >= tb, g = +/-float(key m); B monotone in |g|."""
+    a, b = m_lo, m_hi + 1
+    while a < b:
+        mid = (a + b) // 2
+        g = _g_of(-mid if neg else mid, buf, ibuf)
+        if _fb(bk, g, q0, q1, q2, r, fused, zf) >= tb:
+            b = mid
+        else:
+            a = mid + 1
+    return a
+
+
+@_njit
+def _search_part(m_lo, m_hi, neg, ak, p0, p1, p2, ta, b1k, b1q0, b1q1, b1q2, t1, b2k, b2q0, b2q1, b2q2, t2, r,
+                 fused, zf, buf, ibuf):
+    """Find a witness among g = +/-float(m), m in [m_lo, m_hi] (A already holds by value there)."""
+    if m_lo > m_hi:
+        return False
+    start = m_lo
+    if b1k != _B_NONE:
+        start = max(start, _first_b(m_lo, m_hi, neg, b1k, b1q0, b1q1, b1q2, t1, r, fused, zf, buf, ibuf))
+    if b2k != _B_NONE:
+        start = max(start, _first_b(m_lo, m_hi, neg, b2k, b2q0, b2q1, b2q2, t2, r, fused, zf, buf, ibuf))
+    probes = (start, m_lo, m_hi)
+    for base in probes:
+        for dm in range(-4, 5):
+            m = base + dm
+            if m < m_lo or m > m_hi:
+                continue
+            g = _g_of(-m if neg else m, buf, ibuf)
+            if _fits(g, ak, p0, p1, p2, ta, b1k, b1q0, b1q1, b1q2, t1, b2k, b2q0, b2q1, b2q2, t2, r, fused, zf):
+                return True
+            if m == 0 and _fits(-g, ak, p0, p1, p2, ta, b1k, b1q0, b1q1, b1q2, t1, b2k, b2q0, b2q1, b2q2, t2, r,
+                                fused, zf):
+                return True
+    return False
+
+
+@_njit
+def _witness_one(g_est, ak, p0, p1, p2, ta, b1k, b1q0, b1q1, b1q2, t1, b2k, b2q0, b2q1, b2q2, t2, r, fused, zf,
+                 buf, ibuf):
+    """Is there a float32 g with A(g) == ta and B1(g) == t1 and B2(g) == t2, bit for bit?"""
+    # fast path: the estimate and its neighbours
+    if g_est == g_est and abs(g_est) <= _GMAX:
+        k0 = _key_of(np.float32(g_est), buf, ibuf)
+        for dk in (0, -1, 1, -2, 2, -3, 3):
+            g = _g_of(k0 + dk, buf, ibuf)
+            if _fits(g, ak, p0, p1, p2, ta, b1k, b1q0, b1q1, b1q2, t1, b2k, b2q0, b2q1, b2q2, t2, r, fused, zf):
+                return True
+            if k0 + dk == 0 and _fits(-g, ak, p0, p1, p2, ta, b1k, b1q0, b1q1, b1q2, t1, b2k, b2q0, b2q1, b2q2, t2,
+                                      r, fused, zf):
+                return True
+    # slow path: the interval where A equals ta by value, then B by bisection on |g|
+    klo = _key_of(-_GMAX, buf, ibuf)
+    khi = _key_of(_GMAX, buf, ibuf)
+    va = _fa(ak, _g_of(klo, buf, ibuf), p0, p1, p2, fused, zf)
+    vb = _fa(ak, _g_of(khi, buf, ibuf), p0, p1, p2, fused, zf)
+    if va != va or vb != vb:
+        return False
+    if va == vb:
+        if va != ta:
+            return False
+        lo, hi = klo, khi
+    else:
+        sign = 1 if va < vb else -1
+        lo = _first_a(klo, khi, False, sign, ak, p0, p1, p2, ta, fused, zf, buf, ibuf)
+        hi = _first_a(klo, khi, True, sign, ak, p0, p1, p2, ta, fused, zf, buf, ibuf) - 1
+        if lo > hi:
+            return False
+    # non-negative part: keys [max(lo, 0), hi]; negative part: m = -key in [max(1, -hi), -lo]
+    if _search_part(max(lo, 0), hi, False, ak, p0, p1, p2, ta, b1k, b1q0, b1q1, b1q2, t1, b2k, b2q0, b2q1, b2q2,
+                    t2, r, fused, zf, buf, ibuf):
+        return True
+    return _search_part(max(1, -hi), -lo, True, ak, p0, p1, p2, ta, b1k, b1q0, b1q1, b1q2, t1, b2k, b2q0, b2q1,
+                        b2q2, t2, r, fused, zf, buf, ibuf)
+
+
+@_njit
+def _witness(code, d, h, hp, h2, h2p, lr, c0, c1, c2, c3, fused, zf, out):
+    """Per element: _OK if a float32 gradient reproduces the snapshot, _FAILED if none, _UNCHECKED if not finite.
+
+    ``code`` and the constants:
+
+    - W_SGD (SGD, Nesterov): ``h = axpby(lr, g, c0=mu, hp)``.
+    - W_ADAGRAD: ``h = fl(powf(g,2) + hp)``, ``d = axpby(lr, fl(g/fl(powf(h,.5)+c0=delta)), 0, g)``.
+    - W_RMSPROP: ``h = axpby(c1=fl(1-rho), powf(g,2), c2=rho, hp)``, ``d`` as AdaGrad.
+    - W_ADADELTA: ``h = axpby(c1=fl(1-mu), powf(g,2), c2=mu, hp)``,
+      ``r = powf(fl(fl(c0+h2p)/fl(c0+h)), .5)``, ``h2 = axpby(c1, powf(fl(g*r),2), c2, h2p)``,
+      ``d = sscal(lr, fl(g*r))``.
+    - W_ADAM: ``m=h = axpby(c0=fl(1-b1), g, c1=b1, hp)``, ``v=h2 = axpby(c2=fl(1-b2), fl(g*g), c3=b2, h2p)``.
+    """
+    buf = np.zeros(1, dtype=np.float32)
+    ibuf = buf.view(np.int32)
+    zero = np.float32(0)
+    half = np.float32(0.5)
+    inf = np.float32(np.inf)
+    for i in range(h.size):
+        hi, hpi = h[i], hp[i]
+        if not (abs(hi) < inf and abs(hpi) < inf):
+            out[i] = _UNCHECKED
+            continue
+        ok = False
+        if code == W_SGD:
+            est = (np.float64(hi) - np.float64(c0 * hpi)) / np.float64(lr) if lr != 0 else 0.0
+            ok = _witness_one(est, _A_AXPBY, lr, c0, hpi, hi, _B_NONE, zero, zero, zero, zero,
+                              _B_NONE, zero, zero, zero, zero, zero, fused, zf, buf, ibuf)
+        elif code == W_ADAGRAD or code == W_RMSPROP:
+            di = d[i]
+            if not abs(di) < inf:
+                out[i] = _UNCHECKED
+                continue
+            s = powf(hi, half) + c0
+            if not s > 0:
+                out[i] = _UNCHECKED
+                continue
+            if lr != 0 and di != 0:
+                est = np.float64(di) / np.float64(lr) * np.float64(s)
+            elif code == W_ADAGRAD:
+                est = math.sqrt(max(np.float64(hi) - np.float64(hpi), 0.0))
+            else:
+                est = math.sqrt(max((np.float64(hi) - np.float64(c2 * hpi)) / max(np.float64(c1), 1e-300), 0.0))
+            if code == W_ADAGRAD:
+                ok = _witness_one(est, _A_ADAGRAD, lr, s, zero, di, _B_ADD_POW, zero, zero, hpi, hi,
+                                  _B_NONE, zero, zero, zero, zero, zero, fused, zf, buf, ibuf)
+            else:
+                ok = _witness_one(est, _A_ADAGRAD, lr, s, zero, di, _B_AXPBY_POW, c1, c2, hpi, hi,
+                                  _B_NONE, zero, zero, zero, zero, zero, fused, zf, buf, ibuf)
+        elif code == W_ADADELTA:
+            di, h2i, h2pi = d[i], h2[i], h2p[i]
+            if not (abs(di) < inf and abs(h2i) < inf and abs(h2pi) < inf):
+                out[i] = _UNCHECKED
+                continue
+            r = powf((c0 + h2pi) / (c0 + hi), half)
+            if not (r > 0 and r < inf):
+                out[i] = _UNCHECKED
+                continue
+            if lr != 0 and di != 0:
+                est = np.float64(di) / np.float64(lr) / np.float64(r)
+            else:
+                est = math.sqrt(max((np.float64(hi) - np.float64(c2 * hpi)) / max(np.float64(c1), 1e-300), 0.0))
+            ok = _witness_one(est, _A_DELTA, lr, r, zero, di, _B_AXPBY_POW, c1, c2, hpi, hi,
+                              _B_AXPBY_POW_R, c1, c2, h2pi, h2i, r, fused, zf, buf, ibuf)
+        else:  # W_ADAM
+            h2i, h2pi = h2[i], h2p[i]
+            if not (abs(h2i) < inf and abs(h2pi) < inf):
+                out[i] = _UNCHECKED
+                continue
+            if c0 != 0:
+                est = (np.float64(hi) - np.float64(c1 * hpi)) / np.float64(c0)
+            else:
+                est = math.sqrt(max((np.float64(h2i) - np.float64(c3 * h2pi)) / max(np.float64(c2), 1e-300), 0.0))
+            ok = _witness_one(est, _A_AXPBY, c0, c1, hpi, hi, _B_AXPBY_SQ, c2, c3, h2pi, h2i,
+                              _B_NONE, zero, zero, zero, zero, zero, fused, zf, buf, ibuf)
+        out[i] = _OK if ok else _FAILED
+
+
+# ---------------------------------------------------------------------------
+# the audit
+# ---------------------------------------------------------------------------
+
+
+def _learning_rate_at(config: SolverConfig, it: int, current_step: int) -> np.float32:
+    """The rate Caffe used at ``iter_ = it`` with ``current_step_`` = ``current_step`` after the call.
+
+    A snapshot's ``current_step`` is the value after the rate's call, which is
+    the value the rate used; multistep's advance is switched off so that the
+    stored value is used as is.
+    """
+    from .lr import learning_rate
+
+    cfg = config.replace(stepvalue=()) if config.lr_policy == "multistep" else config
+    try:
+        rate, _ = learning_rate(cfg, it, current_step)
+    except CaffeRefusal as e:
+        raise InputError(config.source or None, f"Caffe refuses this solver at its first update ({e.message}), "
+                                                "yet snapshots of it exist: wrong --solver?") from None
+    return np.float32(rate)
+
+
+def _expected_current_step(config: SolverConfig, it: int) -> int:
+    from .lr import current_steps
+
+    if it <= 0:
+        return 0
+    return int(current_steps(config, np.arange(it, dtype=np.int64), current_step=0)[-1])
+
+
+def _load_config(solver, snap: Snapshot) -> tuple[SolverConfig, dict[str, str]]:
+    """The solver config with learnable blob shapes from the snapshot's index, and {layer: type}."""
+    if isinstance(solver, SolverConfig):
+        return solver, {}
+    from .io.solver import load_solver
+
+    layers: dict[str, list[BlobRef]] = {}
+    for name, b in snap.params.items():
+        layer = name.rsplit("/", 1)[0]
+        layers.setdefault(layer, []).append(b)
+    config = load_solver(solver, weights=layers)
+    return config, _layer_types(solver)
+
+
+def _layer_types(solver) -> dict[str, str]:
+    from .io.net import load_net, upgrade_net
+    from .io.solver import read_solver_parameter, resolve_path
+
+    param = read_solver_parameter(solver)
+    if param.HasField("train_net_param"):
+        net = upgrade_net(param.train_net_param, source=os.fspath(solver))
+    elif param.HasField("net_param"):
+        net = upgrade_net(param.net_param, source=os.fspath(solver))
+    elif param.train_net or param.net:
+        net = load_net(resolve_path(Path(solver), param.train_net or param.net))
+    else:
+        return {}
+    return {layer.name: layer.type for layer in net.layer}
+
+
+def _legacy_equal(a: Sequence[int], b: Sequence[int]) -> bool:
+    """Equal shapes, allowing Caffe's legacy 4-D form (leading 1s) on either side."""
+    if tuple(a) == tuple(b):
+        return True
+
+    def strip(s):
+        s = list(s)
+        while len(s) > 1 and s[0] == 1:
+            s.pop(0)
+        return tuple(s)
+
+    return (len(a) == 4 or len(b) == 4) and strip(a) == strip(b)
+
+
+def _check_same_net(snaps: list[Snapshot]) -> None:
+    first = snaps[0]
+    names0 = list(first.params)
+    for s in snaps[1:]:
+        names = list(s.params)
+        if names != names0:
+            extra = [n for n in names if n not in first.params]
+            missing = [n for n in names0 if n not in s.params]
+            what = (f"has blob {extra[0]} that {first.model_path.name} lacks" if extra else
+                    f"lacks blob {missing[0]} of {first.model_path.name}" if missing else
+                    f"orders its blobs differently from {first.model_path.name}")
+            raise InputError(s.model_path, f"{what}: a snapshot of another net?")
+        for n in names0:
+            a, b = first.params[n].shape, s.params[n].shape
+            if a != b:
+                raise InputError(
+                    s.model_path, f"blob {n} has shape {_fmt_shape(b)}, but {_fmt_shape(a)} in "
+                                  f"{first.model_path.name}: a snapshot of another net?"
+                )
+        h0, h = first.state.history, s.state.history
+        if len(h) != len(h0):
+            raise InputError(
+                s.state_path, f"has {len(h)} history blobs, {first.state_path.name} has {len(h0)}: "
+                              "a snapshot of another net or solver?"
+            )
+        for a, b in zip(h0, h):
+            if a.shape != b.shape:
+                raise InputError(
+                    s.state_path, f"{b.name} has shape {_fmt_shape(b.shape)}, but {_fmt_shape(a.shape)} in "
+                                  f"{first.state_path.name}: a snapshot of another net?"
+                )
+
+
+class _Auditor:
+    def __init__(self, snaps, config, layer_types, profile, chunk, max_failures):
+        from .reference import get_profile
+
+        self.snaps = snaps
+        self.config = config
+        self.type = config.type if config is not None else None
+        prof = get_profile(profile)
+        if np.dtype(prof.dtype) != np.float32:
+            raise InputError(None, f"profile {prof.name!r} is not a float32 Caffe build; snapshots are float32")
+        self.profile = prof
+        self.fused = bool(prof.fused)
+        self.zf = int(prof.zero_fill)
+        self.chunk = int(chunk)
+        self.max_failures = int(max_failures)
+        self.rows = {k: InvariantResult(k, v) for k, v in INVARIANTS.items()}
+        first = snaps[0]
+        if config is not None and config.blobs:
+            missing = [b.name for b in config.blobs if b.name not in first.params]
+            if missing:
+                raise InputError(first.model_path, f"has no blob {missing[0]} of the solver's net "
+                                                   f"({config.source}): a snapshot of another net?")
+            self.learnable = [b.name for b in config.blobs]
+            self.lr_mult = {b.name: np.float32(b.lr_mult) for b in config.blobs}
+        else:
+            self.learnable = [n for n, b in first.params.items() if b.data is not None]
+            self.lr_mult = {}
+        self.self_updating = {n for n in first.params if layer_types.get(n.rsplit("/", 1)[0]) in SELF_UPDATING_LAYERS}
+        self.slots = None  # decided by history-layout
+        self.layout_ok = False
+        self.prev_layout_ok = False
+        self.facts = {"consecutive": False, "diff": False, "pair": False, "layout": False}
+
+    # -- bookkeeping ---------------------------------------------------------
+    def case(self, key: str, n_values: int = 0) -> None:
+        r = self.rows[key]
+        r.cases += 1
+        r.values += n_values
+
+    def values(self, key: str, n: int) -> None:
+        self.rows[key].values += n
+
+    def fail(self, key: str, failure: Failure, n_values: int = 0) -> None:
+        r = self.rows[key]
+        if n_values:
+            r.failed_values += n_values
+        else:
+            r.failed_cases += 1
+        if len(r.failures) < self.max_failures:
+            r.failures.append(failure)
+
+    def compare(self, key: str, expected: np.ndarray, got: np.ndarray, file: str, blob: str, field_: str,
+                offset: int, message: str = "") -> None:
+        """Count values whose bits differ; record the first ones."""
+        bad = expected.view(np.uint32) != got.view(np.uint32)
+        n = int(np.count_nonzero(bad))
+        self.values(key, got.size)
+        if n:
+            r = self.rows[key]
+            room = self.max_failures - len(r.failures)
+            for i in np.flatnonzero(bad)[: max(room, 0)]:
+                r.failures.append(Failure(file, blob, field_, offset + int(i), float(expected[i]), float(got[i]),
+                                          message))
+            r.failed_values += n
+
+    # -- the sequence ----------------------------------------------------------
+    def run(self) -> None:
+        for idx, snap in enumerate(self.snaps):
+            prev = self.snaps[idx - 1] if idx else None
+            self.check_scalars(snap)
+            self.check_layout(snap)
+            self.check_blobs(snap, prev)
+        self.skip_reasons()
+
+    def check_scalars(self, snap: Snapshot) -> None:
+        path = os.fspath(snap.state_path)
+        self.case("iter-matches-name")
+        n = snap.name_iter
+        if n is not None and n != snap.iter:
+            self.fail("iter-matches-name", Failure(path, message=f"holds iter {snap.iter}, its name says {n}"))
+        ln = _iter_of_name(os.path.basename(snap.state.learned_net)) if snap.state.learned_net else None
+        if ln is not None and ln != snap.iter:
+            self.fail("iter-matches-name", Failure(
+                path, message=f"holds iter {snap.iter}, its learned_net '{snap.state.learned_net}' says {ln}"))
+        mn = _iter_of_name(snap.model_path.name)
+        if mn is not None and mn != snap.iter:
+            self.fail("iter-matches-name", Failure(
+                os.fspath(snap.model_path), message=f"is the caffemodel of iter {snap.iter}, its name says {mn}"))
+        if self.config is None:
+            return
+        self.case("current-step")
+        want = _expected_current_step(self.config, snap.iter)
+        if snap.state.current_step != want:
+            pol = self.config.lr_policy
+            self.fail("current-step", Failure(
+                path, expected=None, got=None,
+                message=f"current_step is {snap.state.current_step}, lr_policy {pol!r} leaves {want} "
+                        f"after its call at iter {snap.iter - 1}"))
+
+    def check_layout(self, snap: Snapshot) -> None:
+        path = os.fspath(snap.state_path)
+        hist = snap.state.history
+        N = len(self.learnable)
+        self.case("history-layout")
+        if self.type is not None:
+            slots = 2 if self.type in _TWO_SLOT else 1
+            if len(hist) != slots * N:
+                self.fail("history-layout", Failure(
+                    path, message=f"has {len(hist)} history blobs; {self.type} keeps "
+                                  f"{'2 x ' if slots == 2 else ''}{N} for {N} learnable blobs"))
+                self.layout_ok = False
+                return
+        elif N and len(hist) in (N, 2 * N):
+            slots = len(hist) // N
+        else:
+            self.fail("history-layout", Failure(
+                path, message=f"has {len(hist)} history blobs, neither N nor 2N for the caffemodel's {N} blobs "
+                              "(shared parameters? pass --solver)"))
+            self.layout_ok = False
+            return
+        self.slots = slots
+        ok = True
+        for j, h in enumerate(hist):
+            name = self.learnable[j % N]
+            shape = snap.params[name].shape
+            if not _legacy_equal(h.shape, shape):
+                ok = False
+                self.fail("history-layout", Failure(
+                    path, blob=name, field=f"history[{j}]",
+                    message=f"history blob {j} has shape {_fmt_shape(h.shape)}, blob {name} {_fmt_shape(shape)}"))
+        self.layout_ok = ok
+        if ok:
+            self.facts["layout"] = True
+
+    def _rate_for(self, snap: Snapshot, name: str) -> np.float32 | None:
+        """``local_rate = fl(rate * lr_mult)`` of the update that produced ``snap``."""
+        if self.config is None or snap.iter < 1:
+            return None
+        rate = _learning_rate_at(self.config, snap.iter - 1, snap.state.current_step)
+        return np.float32(rate * self.lr_mult.get(name, np.float32(1)))
+
+    def check_blobs(self, snap: Snapshot, prev: Snapshot | None) -> None:
+        cfg = self.config
+        typ = self.type
+        consecutive = prev is not None and prev.iter == snap.iter - 1
+        mpath = os.fspath(snap.model_path)
+        spath = os.fspath(snap.state_path)
+        N = len(self.learnable)
+        hist_ok = self.layout_ok
+        prev_layout_ok, self.prev_layout_ok = self.prev_layout_ok, hist_ok
+        lidx = {n: j for j, n in enumerate(self.learnable)}
+        if consecutive:
+            self.facts["consecutive"] = True
+        if any(b.diff is not None for b in snap.params.values()):
+            self.facts["diff"] = True
+        if prev is not None:
+            self.facts["pair"] = True
+
+        do_update = consecutive
+        do_frozen = prev is not None and cfg is not None
+        do_witness = consecutive and cfg is not None and hist_ok and prev_layout_ok
+        rows_counted: set[str] = set()
+
+        def count_case(key):
+            if key not in rows_counted:
+                rows_counted.add(key)
+                self.case(key)
+
+        # one case per snapshot for the finite row
+        count_case("finite")
+        for name, blob in snap.params.items():
+            j = lidx.get(name)
+            pblob = prev.params.get(name) if prev is not None else None
+            has_diff = blob.diff is not None and blob.data is not None
+            hist = [snap.state.history[j + s * N] for s in range(self.slots)] if (hist_ok and j is not None) else []
+            phist = ([prev.state.history[j + s * N] for s in range(self.slots)]
+                     if (do_witness and j is not None) else [])
+            lr_mult = self.lr_mult.get(name)
+            frozen = do_frozen and lr_mult is not None and lr_mult == 0 and name not in self.self_updating
+            upd = do_update and has_diff and pblob is not None and pblob.data is not None \
+                and name not in self.self_updating
+            local_rate = self._rate_for(snap, name) if (cfg is not None and j is not None) else None
+            for a in range(0, blob.count, self.chunk):
+                b = min(a + self.chunk, blob.count)
+                w = blob.read("data", a, b) if blob.data is not None else None
+                d = blob.read("diff", a, b) if blob.diff is not None else None
+                hs = [h.read("data", a, b) for h in hist]
+                # finite
+                for arr, field_, f in ((w, "data", mpath), (d, "diff", mpath)):
+                    if arr is not None:
+                        self.finite(arr, f, name, field_, a)
+                for s, h in enumerate(hs):
+                    self.finite(h, spath, name, f"history[{j + s * N}]", a)
+                wp = pblob.read("data", a, b) if (upd or frozen) else None
+                if frozen:
+                    count_case("frozen-data")
+                    self.compare("frozen-data", wp, w, mpath, name, "data", a,
+                                 f"lr_mult 0: data changed since {prev.model_path.name}")
+                if upd:
+                    count_case("update-applied")
+                    with np.errstate(all="ignore"):
+                        want = (wp - d).astype(np.float32)
+                    self.compare("update-applied", want, w, mpath, name, "data", a,
+                                 f"expected data of {prev.model_path.name} - diff")
+                if cfg is None or j is None or not hist_ok:
+                    continue
+                if typ == "SGD" and d is not None:
+                    count_case("sgd-diff-is-history")
+                    self.compare("sgd-diff-is-history", hs[0], d, mpath, name, "diff", a,
+                                 f"expected history[{j}] of {snap.state_path.name}")
+                if typ == "Adam" and d is not None and snap.iter >= 1:
+                    count_case("adam-step")
+                    self.adam_step(hs, d, local_rate, snap, mpath, name, a)
+                if not do_witness:
+                    continue
+                hps = [h.read("data", a, b) for h in phist]
+                if typ == "Nesterov" and d is not None:
+                    count_case("nesterov-step")
+                    mu = np.float32(cfg.momentum)
+                    want = np.empty_like(d)
+                    _nesterov_expected(hs[0], hps[0], np.float32(1) + mu, -mu, self.fused, self.zf, want)
+                    self.compare("nesterov-step", want, d, mpath, name, "diff", a,
+                                 f"from history[{j}] of {snap.state_path.name} and {prev.state_path.name}")
+                if typ in ("AdaGrad", "RMSProp", "AdaDelta") and d is None:
+                    continue
+                count_case("gradient-witness")
+                self.witness(hs, hps, d, local_rate, snap, prev, spath, name, j, a)
+            blob.release()
+            if pblob is not None:
+                pblob.release()
+            for h in hist + phist:
+                h.release()
+
+    def skip_reasons(self) -> None:
+        """Say why each row that checked nothing was skipped, the most basic reason first."""
+        f = self.facts
+        solver = self.config is not None
+        needs = {
+            "current-step": ("solver",),
+            "frozen-data": ("solver", "lr0", "pair"),
+            "update-applied": ("consecutive", "diff"),
+            "sgd-diff-is-history": ("solver", "diff", "layout"),
+            "adam-step": ("solver", "diff", "layout"),
+            "nesterov-step": ("solver", "consecutive", "diff", "layout"),
+            "gradient-witness": ("solver", "consecutive", "layout", "diff"),
+        }
+        why = {
+            "solver": (solver, "needs --solver"),
+            "lr0": (any(m == 0 for m in self.lr_mult.values()), "no blob has lr_mult 0"),
+            "pair": (f["pair"], "a single snapshot"),
+            "consecutive": (f["consecutive"], "no two snapshots one iteration apart"),
+            "diff": (f["diff"], "the caffemodels have no diff (snapshot_diff off)"),
+            "layout": (f["layout"], "the history layout is wrong"),
+        }
+        for key, reqs in needs.items():
+            r = self.rows[key]
+            if r.cases:
+                continue
+            for req in reqs:
+                ok, text = why[req]
+                if not ok:
+                    r.skipped = text
+                    break
+
+    def finite(self, arr: np.ndarray, file: str, blob: str, field_: str, offset: int) -> None:
+        self.values("finite", arr.size)
+        bad = ~np.isfinite(arr)
+        n = int(np.count_nonzero(bad))
+        if n:
+            r = self.rows["finite"]
+            room = self.max_failures - len(r.failures)
+            for i in np.flatnonzero(bad)[: max(room, 0)]:
+                r.failures.append(Failure(file, blob, field_, offset + int(i), None, float(arr[i]),
+                                          "not finite"))
+            r.failed_values += n
+
+    def adam_step(self, hs, d, local_rate, snap, mpath, name, offset) -> None:
+        from .kernels.update import adam_correction
+
+        cfg = self.config
+        b1, b2 = np.float32(cfg.momentum), np.float32(cfg.momentum2)
+        corr = np.float32(adam_correction(np.float64(b1), np.float64(b2), float(snap.iter)))
+        rc = np.float32(local_rate * corr)
+        want = np.empty_like(d)
+        with np.errstate(all="ignore"):
+            _adam_expected(hs[0], hs[1], rc, np.float32(cfg.delta), self.zf, want)
+        self.compare("adam-step", want, d, mpath, name, "diff", offset,
+                     f"from m, v of {snap.state_path.name}, lr {float(local_rate):g}, correction {float(corr):g}")
+
+    def witness(self, hs, hps, d, local_rate, snap, prev, spath, name, j, offset) -> None:
+        cfg, typ = self.config, self.type
+        f32 = np.float32
+        one = f32(1)
+        zero = f32(0)
+        empty = np.zeros(0, np.float32)
+        if typ in ("SGD", "Nesterov"):
+            code, c = W_SGD, (f32(cfg.momentum), zero, zero, zero)
+        elif typ == "AdaGrad":
+            code, c = W_ADAGRAD, (f32(cfg.delta), zero, zero, zero)
+        elif typ == "RMSProp":
+            rho = f32(cfg.rms_decay)
+            code, c = W_RMSPROP, (f32(cfg.delta), one - rho, rho, zero)
+        elif typ == "AdaDelta":
+            mu = f32(cfg.momentum)
+            code, c = W_ADADELTA, (f32(cfg.delta), one - mu, mu, zero)
+        elif typ == "Adam":
+            b1, b2 = f32(cfg.momentum), f32(cfg.momentum2)
+            code, c = W_ADAM, (one - b1, b1, one - b2, b2)
+        else:
+            return
+        h = hs[0]
+        out = np.empty(h.size, np.int8)
+        with np.errstate(all="ignore"):
+            _witness(code, d if d is not None else empty, h, hps[0],
+                     hs[1] if len(hs) > 1 else empty, hps[1] if len(hps) > 1 else empty,
+                     f32(local_rate), *c, self.fused, self.zf, out)
+        checked = int(np.count_nonzero(out != _UNCHECKED))
+        self.values("gradient-witness", checked)
+        bad = np.flatnonzero(out == _FAILED)
+        if bad.size:
+            r = self.rows["gradient-witness"]
+            N = len(self.learnable)
+            for i in bad[: max(self.max_failures - len(r.failures), 0)]:
+                i = int(i)
+                parts = [f"history[{j + s * N}] {_fmt_value(hps[s][i])} -> {_fmt_value(hs[s][i])}"
+                         for s in range(len(hs))]
+                if d is not None and typ not in ("SGD", "Nesterov", "Adam"):
+                    parts.append(f"diff {_fmt_value(d[i])}")
+                field_ = "/".join(f"history[{j + s * N}]" for s in range(len(hs)))
+                r.failures.append(Failure(
+                    spath, name, field_, offset + i, None, float(h[i]),
+                    f"no float32 gradient gives {', '.join(parts)} with lr {float(local_rate):g} "
+                    f"(from {prev.state_path.name})"))
+            r.failed_values += int(bad.size)
+
+
+def audit(
+    snapshots: Iterable[str | os.PathLike],
+    *,
+    solver: str | os.PathLike | SolverConfig | None = None,
+    profile: str = "caffe-openblas",
+    chunk: int = DEFAULT_CHUNK,
+    max_failures: int = 10,
+) -> AuditReport:
+    """Check the invariants of a snapshot sequence (module docstring); returns an :class:`AuditReport`.
+
+    ``snapshots``: ``.solverstate`` files, folders or prefixes (see
+    :func:`find_snapshots`). ``solver``: the solver.prototxt (or a
+    ``SolverConfig`` with ``blobs``) that ran; without it the
+    solver-specific rows are skipped. ``profile``: a float32 profile of
+    ``harness.reference.PROFILES``. ``chunk``: values read per blob field
+    at a time. ``max_failures``: failures kept per invariant (all are
+    counted). Bad input (unreadable files, snapshots of different nets,
+    two snapshots of one iteration) raises :class:`InputError`.
+    """
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1, got {chunk!r}")
+    snaps = load_snapshots(find_snapshots(snapshots))
+    _check_same_net(snaps)
+    config, layer_types = (None, {}) if solver is None else _load_config(solver, snaps[0])
+    a = _Auditor(snaps, config, layer_types, profile, chunk, max_failures)
+    a.run()
+    typ = config.type if config is not None else None
+    rows = [r for k, r in a.rows.items() if k not in SOLVER_INVARIANTS or typ is None or SOLVER_INVARIANTS[k] == typ]
+    return AuditReport(
+        snapshots=[{"iter": s.iter, "state": os.fspath(s.state_path), "caffemodel": os.fspath(s.model_path)}
+                   for s in snaps],
+        solver=None if solver is None else (solver.source if isinstance(solver, SolverConfig) else os.fspath(solver)),
+        solver_type=typ,
+        profile=a.profile.name,
+        invariants=rows,
+    )
