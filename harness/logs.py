@@ -8,13 +8,14 @@ large binary chunks, and turns the solver's lines into typed records::
         if isinstance(rec, LearningRate):
             print(rec.line, rec.iter, rec.lr)
 
-or groups them into trainings with compact per-iteration series::
+or groups them into trainings with compact per-iteration series (the fast
+path, ≥ 50 MB/s on one core)::
 
     [run] = read_runs("caffe.log")
-    run.lr.iter, run.lr.value          # array('q'), array('d')
+    run.lr.iter, run.lr.value, run.lr.line      # array('q'), array('d'), array('q')
 
 Lines and their order (``SEMANTICS.md`` §1, Caffe's ``solver.cpp`` and
-``sgd_solver.cpp``)::
+``sgd_solver.cpp``; line numbers of master)::
 
     solver.cpp:45] Initializing solver from parameters:      (+ text block)
     solver.cpp:289] Solving NAME
@@ -43,15 +44,26 @@ lr fields are parsed. A solver line of another shape (e.g. an lr line with
 trailing text) is an :class:`~harness.errors.InputError` naming it as an
 unsupported variant, never a silent misread.
 
-Only lines whose glog location is a Caffe solver source (``*solver*.cpp``)
-or ``caffe.cpp`` become records; other lines (the net set-up, stack traces,
-foreign programs interleaved) are ignored and counted. Numbers are what
-glog printed (``%g``, 6 significant digits); ``nan``, ``-nan``, ``inf`` and
+What is a record: a line whose glog location (the token before ``] ``) ends
+in ``solver.cpp:N`` or ``caffe.cpp:N`` and whose message has one of the
+shapes above, whatever precedes the location (so ``mpirun --tag-output``
+prefixes are fine); a fatal record is a line starting with glog's ``F``
+prefix. Every other line (the net set-up, stack traces, interleaved foreign
+programs) is ignored and counted (:class:`LogEnd`). Numbers are what glog
+printed (``%g``, 6 significant digits); ``nan``, ``-nan``, ``inf`` and
 ``-inf`` parse as floats.
 
 Bad input is an ``InputError`` naming ``file:line``: an empty file, a file
 with no Caffe solver line at all ("not a Caffe training log"), NUL bytes
-(binary data), and a last line without its newline (a truncated log).
+(binary data), a last line without its newline (a truncated log) and an
+unsupported variant of a solver line.
+
+Implementation: ``read_runs`` scans each 8 MB chunk with a few
+literal-anchored regular expressions in bulk (the frequent lines: display,
+train outputs, lr, clipping) plus a per-line parse of the rare lines, then
+checks by counting that every solver line of the chunk was accounted for;
+any chunk where that check fails is parsed again line by line by the same
+code ``parse_log`` uses, so both give the same result on every input.
 """
 
 from __future__ import annotations
@@ -59,6 +71,7 @@ from __future__ import annotations
 import os
 import re
 from array import array
+from bisect import bisect_left
 from dataclasses import dataclass, field
 from typing import Iterator, NamedTuple
 
@@ -83,6 +96,7 @@ __all__ = [
     "Fatal",
     "LogEnd",
     "Series",
+    "ClipSeries",
     "OutputKey",
     "Run",
     "parse_log",
@@ -229,16 +243,12 @@ class GradientClipping(Record):
     """``Gradient clipping: scaling down gradients (L2 norm X > C) by scale factor S``.
 
     Printed at every update whose gradient norm exceeds ``clip_gradients``,
-    after that update's lr line (which only shows on display iterations);
-    the ``*_text`` fields are the numbers as printed.
+    after that update's lr line (which only shows on display iterations).
     """
 
     l2norm: float
     clip_gradients: float
     scale_factor: float
-    l2norm_text: str
-    clip_text: str
-    scale_text: str
 
 
 @dataclass(slots=True)
@@ -294,16 +304,20 @@ NVCAFFE_LR_FIELDS = (
 )
 
 # ---------------------------------------------------------------------------
-# The scanner
+# Patterns
 # ---------------------------------------------------------------------------
 
 _CHUNK = 8 << 20
 _MAX_BLOCK = 64 << 20
 
-# %g as C++'s ostream prints a float: no '+' sign, lowercase exponent
-_NUM = rb"-?(?:\d+(?:\.\d+)?(?:e[-+]\d+)?|inf|nan)"
+# A number as glog prints it (%g: "0.02", "-1.5e-05", "inf", "-nan"). This
+# is exactly the set of strings over _NUM_CHARS that Python's float()
+# accepts, so the bulk path may validate with a character check + float().
+_NUM = rb"[-+]?(?:(?:\d+\.?\d*|\.\d+)(?:e[-+]?\d+)?|inf|nan)"
+_NUM_CHARS = b"0123456789.-+einaf"
+_NUM_RE = re.compile(_NUM)
+_NUMS_RE = re.compile(rb"(?:" + _NUM + rb" )*" + _NUM)
 _DEV = rb"(?:\[[\w.]+\] )?"  # NVCaffe's device tag, e.g. "[0] "
-_GLOG_TIME = rb"(?:\d{8}|\d{4}) \d\d:\d\d:\d\d\.\d{6} +\S+ "
 
 _ALTS = [
     (b"lr", _DEV + rb"Iteration (\d+), lr = (" + _NUM + rb")((?:, \w+ = " + _NUM + rb")*)"),
@@ -329,35 +343,82 @@ _ALTS = [
     (b"stopped", rb"Optimization stopped early\."),
     (b"done", rb"Optimization Done\."),
     # a solver line that looks like one of the above but is not: refused
-    (b"odd", rb"[^\r\n]*?(?:lr = |loss = |net output #|Test score #|MultiStep Status|Gradient clipping)[^\r\n]*?"),
+    (b"odd", rb".*?(?:lr = |loss = |net output #|Test score #|MultiStep Status|Gradient clipping).*?"),
 ]
 
-_PATTERN = re.compile(
-    rb"^(?:F" + _GLOG_TIME + rb"(?P<floc>[^\s\]]+)\] (?P<fatal>[^\r\n]*?)"
-    + rb"|[IWE]" + _GLOG_TIME + rb"(?:[^\s\]]*/)?(?P<loc>\w*solver\w*\.cpp:\d+|caffe\.cpp:\d+)\] (?:"
+#: one line (match with pos = line start, endpos = line end): a fatal line,
+#: or a solver/caffe.cpp line with one of the message shapes, else no match
+_REC = re.compile(
+    rb"(?:F(?:\d{8}|\d{4}) \d\d:\d\d:\d\d\.\d{6} +\S+ (?P<floc>[^\s\]]+)\] (?P<fatal>.*?)"
+    + rb"|.*?(?<!\S)(?P<loc>\S*?(?:solver|caffe)\.cpp:\d+)\] (?:"
     + b"|".join(b"(?P<" + name + b">" + alt + b")" for name, alt in _ALTS)
-    + rb"))\r?$",
-    re.M,
+    + rb"))\r?\Z"
 )
-_GLOG_LINE = re.compile(rb"^[IWEF]" + _GLOG_TIME, re.M)
-_EXTRA = re.compile(rb", (\w+) = (" + _NUM + rb")")
 
-# kind codes (small ints are cheaper to dispatch on than names)
+# kind codes
 (K_LR, K_LOSS, K_OUT, K_SLOSS, K_TESTING, K_MS, K_CLIP, K_SNAP, K_TLOSS, K_SCORE, K_RESTORE, K_SOLVING,
  K_POLICY, K_INIT, K_STOPPED, K_DONE, K_ODD, K_FATAL) = range(18)
-_KIND = {name.decode(): i for i, (name, _) in enumerate(_ALTS)}
-_KIND["fatal"] = K_FATAL
-# the outer group index of each alternative -> kind, for m.lastindex dispatch
-_LASTINDEX = {}
-for _name, _kind in _KIND.items():
-    _LASTINDEX[_PATTERN.groupindex[_name]] = _kind
-_G = _PATTERN.groupindex
+_KIND_BY_GROUP = {}
+for _i, (_name, _alt) in enumerate(_ALTS):
+    _KIND_BY_GROUP[_REC.groupindex[_name.decode()]] = _i
+_KIND_BY_GROUP[_REC.groupindex["fatal"]] = K_FATAL
+_G = _REC.groupindex
 
 
-def _grp(name: str, k: int = 1) -> int:
-    """Index of the k-th capture group inside alternative ``name``."""
+def _grp(name: str, k: int) -> int:
     return _G[name] + k
 
+
+_LR_IT, _LR_V, _LR_X = (_grp("lr", k) for k in (1, 2, 3))
+_LS_IT, _LS_PS, _LS_LAPSE, _LS_DISP, _LS_LAPSE2, _LS_V = (_grp("loss", k) for k in range(1, 7))
+_OUT_PH, _OUT_K, _OUT_NAME, _OUT_V, _OUT_W, _OUT_X = (_grp("out", k) for k in range(1, 7))
+_SL_IT, _SL_V = _grp("sloss", 1), _grp("sloss", 2)
+_TE_IT, _TE_NET = _grp("testing", 1), _grp("testing", 2)
+_MS_IT, _MS_ST = _grp("ms", 1), _grp("ms", 2)
+_CL_N, _CL_C, _CL_S = (_grp("clip", k) for k in (1, 2, 3))
+_SN_STATE, _SN_FMT, _SN_FILE = (_grp("snap", k) for k in (1, 2, 3))
+_TL_V = _grp("tloss", 1)
+_SC_K, _SC_V = _grp("score", 1), _grp("score", 2)
+_RE_FILE = _grp("restore", 1)
+_SO_NAME = _grp("solving", 1)
+_PO_NAME = _grp("policy", 1)
+_FMT = {None: "", b"binary proto": "binaryproto", b"HDF5": "hdf5"}
+
+#: where a solver parameter block ends: the next line with a glog location
+_BLOCK_END = re.compile(rb"^[^\n]*\.(?:cpp|hpp|cu|cc|h):\d+\] ", re.M)
+_EXTRA = re.compile(rb", (\w+) = (" + _NUM + rb")")
+
+
+def _after_solver_loc(lit: bytes) -> bytes:
+    """A lookbehind: ``lit`` is preceded by ``solver.cpp:N`` (1-4 digits)."""
+    return b"(?:" + b"|".join(
+        b"(?<=solver\\.cpp:" + b"\\d" * k + re.escape(lit) + b")" for k in (1, 2, 3, 4)
+    ) + b")"
+
+
+# Bulk patterns (literal-prefixed so the regex engine skips other lines at
+# memchr speed). Each matches a subset of what _REC accepts, with the same
+# values; anything they miss is caught by the solver-line count.
+_FAST_A = re.compile(  # display lines (both forms) and train outputs, in file order
+    rb"\] " + _after_solver_loc(b"] ")
+    + rb"(?:Iteration (\d+ \(" + _NUM + rb" iter/s, " + _NUM + rb"s/\d+ iters\), loss = \S+|\d+, loss = \S+)"
+    + rb"|    Train net output #([^\r\n]*))\r?\n"
+)
+#: one train output after "Train net output #" (the bulk path's irregular case)
+_OUT_REST = re.compile(rb"(\d+): ([^ ]*) = (\S+)(?: \(\* (\S+) = (\S+) loss\))?")
+_FAST_LR = re.compile(
+    rb"\] Iteration " + _after_solver_loc(b"] Iteration ") + rb"(\d+), lr = (" + _NUM + rb")((?:, \w+ = "
+    + _NUM + rb")*)\r?\n"
+)
+_FAST_CLIP = re.compile(
+    rb"\] Gradient clipping: " + _after_solver_loc(b"] Gradient clipping: ")
+    + rb"scaling down gradients \(L2 norm (" + _NUM + rb") > (" + _NUM + rb")\) by scale factor (" + _NUM
+    + rb")\r?\n"
+)
+#: solver lines that are none of the bulk kinds: parsed one by one
+_FAST_RARE = re.compile(
+    rb"solver\.cpp:\d+\] (?!Iteration \d+(?: \(|, lr = |, loss = )|    Train net output #|Gradient clipping: )"
+)
 
 # Known Caffe sources (basename), to tell a Caffe log that died early (only a
 # fatal line) from another glog program's.
@@ -372,11 +433,7 @@ _CAFFE_SOURCES = frozenset(
 
 def _is_caffe_source(loc: str) -> bool:
     base = loc.rsplit("/", 1)[-1].split(":", 1)[0]
-    return (
-        base in _CAFFE_SOURCES
-        or "solver" in base
-        or base.endswith(("_layer.cpp", "_layer.cu", "_layer.hpp"))
-    )
+    return base in _CAFFE_SOURCES or "solver" in base or base.endswith(("_layer.cpp", "_layer.cu", "_layer.hpp"))
 
 
 def _dec(b: bytes) -> str:
@@ -389,7 +446,88 @@ def _line_text(buf: bytes, start: int) -> str:
     return text if len(text) <= 160 else text[:157] + "..."
 
 
-def _open(path) -> tuple[str, object]:
+def _iter_int(p: str, line: int, b: bytes) -> int:
+    v = int(b)
+    if v > 2**31 - 1:
+        raise InputError(p, f"iteration {v} does not fit Caffe's int", line=line)
+    return v
+
+
+def _extra_fields(p: str, line: int, raw: bytes) -> dict:
+    if not raw:
+        return {}
+    pairs = _EXTRA.findall(raw)
+    keys = tuple(_dec(k) for k, _ in pairs)
+    if keys not in NVCAFFE_LR_FIELDS:
+        raise InputError(
+            p,
+            f"unsupported variant of the lr line: fields {', '.join(keys)} after 'lr = R' "
+            f"(known: Caffe's plain 'lr = R' and NVCaffe's {'; '.join(', '.join(k) for k in NVCAFFE_LR_FIELDS)})",
+            line=line,
+        )
+    return {k: float(v) for k, (_, v) in zip(keys, pairs)}
+
+
+def _opt_f(b: bytes | None) -> float | None:
+    return None if b is None else float(b)
+
+
+def _record(p: str, kind: int, line: int, m) -> Record:
+    """The typed record of one line matched by ``_REC``."""
+    g = m.group
+    if kind == K_LR:
+        v = g(_LR_V)
+        return LearningRate(p, line, _iter_int(p, line, g(_LR_IT)), float(v), v.decode(),
+                            _extra_fields(p, line, g(_LR_X)))
+    if kind == K_OUT:
+        return NetOutput(p, line, "train" if g(_OUT_PH) == b"Train" else "test", int(g(_OUT_K)), _dec(g(_OUT_NAME)),
+                         float(g(_OUT_V)), _opt_f(g(_OUT_W)), _opt_f(g(_OUT_X)))
+    if kind == K_LOSS:
+        ps = g(_LS_PS)
+        if ps is None:  # NVCaffe's "(T s)" form
+            return Loss(p, line, _iter_int(p, line, g(_LS_IT)), float(g(_LS_V)), None, float(g(_LS_LAPSE2)), None)
+        return Loss(p, line, _iter_int(p, line, g(_LS_IT)), float(g(_LS_V)), float(ps), float(g(_LS_LAPSE)),
+                    int(g(_LS_DISP)))
+    if kind == K_SLOSS:
+        return Loss(p, line, _iter_int(p, line, g(_SL_IT)), float(g(_SL_V)))
+    if kind == K_TESTING:
+        net = g(_TE_NET)
+        return Testing(p, line, _iter_int(p, line, g(_TE_IT)), 0 if net is None else int(net))
+    if kind == K_MS:
+        return MultiStepStatus(p, line, _iter_int(p, line, g(_MS_IT)), int(g(_MS_ST)))
+    if kind == K_CLIP:
+        return GradientClipping(p, line, float(g(_CL_N)), float(g(_CL_C)), float(g(_CL_S)))
+    if kind == K_SNAP:
+        return Snapshot(p, line, "solverstate" if g(_SN_STATE) else "model", _FMT[g(_SN_FMT)], _dec(g(_SN_FILE)))
+    if kind == K_TLOSS:
+        return TestLoss(p, line, float(g(_TL_V)))
+    if kind == K_SCORE:
+        return NetOutput(p, line, "test", int(g(_SC_K)), "", float(g(_SC_V)))
+    if kind == K_RESTORE:
+        return Restore(p, line, _dec(g(_RE_FILE)))
+    if kind == K_SOLVING:
+        return NetName(p, line, _dec(g(_SO_NAME)))
+    if kind == K_POLICY:
+        return LrPolicy(p, line, _dec(g(_PO_NAME)))
+    if kind == K_STOPPED:
+        return StoppedEarly(p, line)
+    if kind == K_DONE:
+        return OptimizationDone(p, line, _dec(g("loc")))
+    if kind == K_FATAL:
+        return Fatal(p, line, _dec(g("floc")), _dec(g("fatal")).rstrip())
+    raise AssertionError(kind)  # pragma: no cover
+
+
+def _odd_error(p: str, buf: bytes, ls: int, line: int) -> InputError:
+    return InputError(p, f"unsupported variant of a Caffe solver line: {_line_text(buf, ls)!r}", line=line)
+
+
+# ---------------------------------------------------------------------------
+# Reading: chunks of whole lines, solver parameter blocks
+# ---------------------------------------------------------------------------
+
+
+def _open(path):
     p = os.fspath(path)
     try:
         f = open(p, "rb")
@@ -404,235 +542,178 @@ def _open(path) -> tuple[str, object]:
     return p, f
 
 
-def _scan(path) -> Iterator[tuple]:
-    """Yield ``(kind, line, match, buf)`` for every record line, then
-    ``(None, total_lines, counted_lines, None)``.
+def _chunks(p: str, f) -> Iterator[tuple[bytes, int]]:
+    """Yield ``(buf, base)``: whole lines, ``base`` lines before ``buf``.
 
-    For ``K_INIT`` the item is ``(K_INIT, line, block_bytes, block_lines)``. Raises
-    InputError for NUL bytes, a cut last line, an unsupported variant, an
-    empty or non-Caffe file.
+    Raises InputError on NUL bytes, a last line without newline, an empty
+    file; yields ``(b"", total_lines)`` last.
     """
-    p, f = _open(path)
-    with f:
-        base = 0  # lines before buf
-        carry = b""
-        block: list[bytes] | None = None  # open solver parameter block
-        block_size = 0
-        block_start = 0
-        block_lines = 0
-        counted = 0  # record lines and solver parameter block lines
-        caffe_seen = False
-        lastindex = _LASTINDEX
-        pattern = _PATTERN
-        saw_any = False
-        while True:
-            data = f.read(_CHUNK)
-            eof = not data
-            if eof:
-                if carry:
-                    line = base + 1
-                    # process what we have first, then refuse the cut line
-                    if b"\x00" in carry:
-                        raise InputError(p, "binary data (NUL bytes): not a text log", line=line)
-                    raise InputError(
-                        p,
-                        f"last line has no end (truncated log?): {_line_text(carry, 0)!r}",
-                        line=line,
-                    )
+    base = 0
+    carry = b""
+    empty = True
+    while True:
+        data = f.read(_CHUNK)
+        if not data:
+            if carry:
+                if b"\x00" in carry:
+                    raise InputError(p, "binary data (NUL bytes): not a text log", line=base + 1)
+                raise InputError(p, f"last line has no end (truncated log?): {_line_text(carry, 0)!r}", line=base + 1)
+            if empty:
+                raise InputError(p, "empty file: not a Caffe training log")
+            yield b"", base
+            return
+        empty = False
+        cut = data.rfind(b"\n")
+        if cut < 0:
+            carry += data
+            if b"\x00" in carry:
+                raise InputError(p, "binary data (NUL bytes): not a text log", line=base + 1)
+            if len(carry) > _MAX_BLOCK:
+                raise InputError(p, f"no line end in {len(carry)} bytes: not a text log", line=base + 1)
+            continue
+        buf = carry + data[: cut + 1] if carry else data[: cut + 1]
+        carry = data[cut + 1 :]
+        if b"\x00" in buf:
+            line = base + buf.count(b"\n", 0, buf.index(b"\x00")) + 1
+            raise InputError(p, "binary data (NUL bytes): not a text log", line=line)
+        yield buf, base
+        base += buf.count(b"\n")
+
+
+class _Block:
+    """An open solver parameter block (it may span chunks)."""
+
+    __slots__ = ("line", "parts", "size", "lines")
+
+    def __init__(self, line: int):
+        self.line = line
+        self.parts: list[bytes] = []
+        self.size = 0
+        self.lines = 0
+
+    def add(self, p: str, data: bytes) -> None:
+        self.parts.append(data)
+        self.size += len(data)
+        self.lines += data.count(b"\n")
+        if self.size > _MAX_BLOCK:
+            raise InputError(p, "solver parameter block does not end", line=self.line)
+
+    def text(self) -> str:
+        return _dec(b"".join(self.parts))
+
+
+def _continue_block(p: str, block: _Block, buf: bytes, pos: int) -> int:
+    """Add the block's text in ``buf`` from ``pos``; return where it ends
+    (the next glog line) or -1 if it runs past ``buf``."""
+    g = _BLOCK_END.search(buf, pos)
+    end = g.start() if g else len(buf)
+    block.add(p, buf[pos:end])
+    return end if g else -1
+
+
+def _line_starts(buf: bytes, pos: int, end: int) -> list[int]:
+    """Start of every candidate line in ``buf[pos:end]``: lines containing
+    ``solver.cpp:`` or ``caffe.cpp:``, and lines starting with ``F``."""
+    starts = set()
+    find, rfind = buf.find, buf.rfind
+    for lit in (b"solver.cpp:", b"caffe.cpp:"):
+        i = find(lit, pos, end)
+        while i >= 0:
+            starts.add(rfind(b"\n", pos, i) + 1 or pos)
+            i = find(b"\n", i, end)
+            if i < 0:
                 break
-            saw_any = True
-            cut = data.rfind(b"\n")
-            if cut < 0:
-                carry += data
-                if len(carry) > _MAX_BLOCK:
-                    raise InputError(p, f"no line end in the first {len(carry)} bytes: not a text log", line=base + 1)
-                continue
-            buf = carry + data[: cut + 1] if carry else data[: cut + 1]
-            carry = data[cut + 1 :]
-            if b"\x00" in buf:
-                line = base + buf.count(b"\n", 0, buf.index(b"\x00")) + 1
-                raise InputError(p, "binary data (NUL bytes): not a text log", line=line)
-            pos = 0  # a line start; `line` is its number
-            line = base + 1
-            if block is not None:
-                # continue an open parameter block up to the next glog line
-                g = _GLOG_LINE.search(buf)
-                end = g.start() if g else len(buf)
-                block.append(buf[:end])
-                block_size += end
-                if block_size > _MAX_BLOCK:
-                    raise InputError(p, "solver parameter block is too long", line=block_start)
-                if g is not None:
-                    n = buf.count(b"\n", 0, end)
-                    block_lines += n
-                    pos, line = end, base + n + 1
-                    counted += 1 + block_lines
-                    yield K_INIT, block_start, b"".join(block), block_lines
-                    block = None
-            if block is None:
-                for m in pattern.finditer(buf, pos):
-                    s = m.start()
-                    line += buf.count(b"\n", pos, s)
-                    pos = s
-                    kind = lastindex[m.lastindex]
-                    if kind == K_ODD:
-                        if m.group("loc").startswith(b"caffe.cpp"):
-                            continue  # e.g. `caffe test`'s "Batch 0, loss = L": not a solver line
-                        raise InputError(
-                            p,
-                            f"unsupported variant of a Caffe solver line: {_line_text(buf, s)!r}",
-                            line=line,
-                        )
-                    if kind == K_INIT:
-                        e = m.end() + 1  # after the newline
-                        g = _GLOG_LINE.search(buf, e)
-                        end = g.start() if g else len(buf)
-                        if g is None:
-                            block = [buf[e:end]]
-                            block_size = end - e
-                            block_start = line
-                            block_lines = buf.count(b"\n", e, end)
-                            break  # rest of buf is the block
-                        n = buf.count(b"\n", e, end)
-                        counted += 1 + n
-                        yield K_INIT, line, buf[e:end], n
-                        continue
-                    counted += 1
-                    if kind == K_FATAL:
-                        if not caffe_seen and _is_caffe_source(_dec(m.group("floc"))):
-                            caffe_seen = True
-                    else:
-                        caffe_seen = True
-                    yield kind, line, m, buf
-            base += buf.count(b"\n")
-        if block is not None:
-            counted += 1 + block_lines
-            yield K_INIT, block_start, b"".join(block), block_lines
-        if not saw_any:
-            raise InputError(p, "empty file: not a Caffe training log")
-        if not caffe_seen:
-            raise InputError(
-                p,
-                f"not a Caffe training log: none of its {base} lines is a Caffe solver line "
-                "(expected glog lines such as 'solver.cpp:239] Iteration 0 (...), loss = ...')",
-            )
-        yield None, base, counted, None
+            i = find(lit, i, end)
+    if buf.startswith(b"F", pos):
+        starts.add(pos)
+    i = find(b"\nF", pos, end)
+    while i >= 0:
+        starts.add(i + 1)
+        i = find(b"\nF", i + 1, end)
+    return sorted(starts)
 
 
-def _f(b: bytes) -> float:
-    return float(b)
+def _scan_slow(p: str, buf: bytes, pos: int, end: int, line: int) -> Iterator[tuple]:
+    """Yield ``(kind, line, match, line_start)`` for every record line of
+    ``buf[pos:end]`` (``line`` is the number of the line at ``pos``),
+    raising InputError on an unsupported variant."""
+    last = pos
+    match = _REC.match
+    kinds = _KIND_BY_GROUP
+    for ls in _line_starts(buf, pos, end):
+        le = buf.find(b"\n", ls, end)
+        m = match(buf, ls, le)
+        if m is None:
+            continue
+        line += buf.count(b"\n", last, ls)
+        last = ls
+        kind = kinds[m.lastindex]
+        if kind == K_ODD:
+            if m.group("loc").startswith(b"caffe.cpp"):
+                continue  # e.g. `caffe test`'s "Batch 0, loss = L": not a training line
+            raise _odd_error(p, buf, ls, line)
+        yield kind, line, m, ls
 
 
-def _opt_f(b: bytes | None) -> float | None:
-    return None if b is None else float(b)
-
-
-def _extra_fields(p: str, line: int, raw: bytes) -> dict:
-    if not raw:
-        return {}
-    pairs = _EXTRA.findall(raw)
-    keys = tuple(_dec(k) for k, _ in pairs)
-    if keys not in NVCAFFE_LR_FIELDS:
-        raise InputError(
-            p,
-            f"unsupported variant of the lr line: fields {', '.join(keys)} after 'lr = ' "
-            f"(known: Caffe's plain 'lr = R' and NVCaffe's {'; '.join(', '.join(k) for k in NVCAFFE_LR_FIELDS)})",
-            line=line,
-        )
-    return {k: float(v) for k, (_, v) in zip(keys, pairs)}
-
-
-def _iter_int(p: str, line: int, b: bytes) -> int:
-    v = int(b)
-    if v > 2**31 - 1:
-        raise InputError(p, f"iteration {v} does not fit Caffe's int", line=line)
-    return v
-
-
-# group indices used on the hot paths
-_LR_IT, _LR_V, _LR_X = _grp("lr", 1), _grp("lr", 2), _grp("lr", 3)
-_LS_IT, _LS_PS, _LS_LAPSE, _LS_DISP, _LS_LAPSE2, _LS_V = (_grp("loss", k) for k in range(1, 7))
-_OUT_PH, _OUT_K, _OUT_NAME, _OUT_V, _OUT_W, _OUT_X = (_grp("out", k) for k in range(1, 7))
-_SL_IT, _SL_V = _grp("sloss", 1), _grp("sloss", 2)
-_TE_IT, _TE_NET = _grp("testing", 1), _grp("testing", 2)
-_MS_IT, _MS_ST = _grp("ms", 1), _grp("ms", 2)
-_CL_N, _CL_C, _CL_S = _grp("clip", 1), _grp("clip", 2), _grp("clip", 3)
-_SN_STATE, _SN_FMT, _SN_FILE = _grp("snap", 1), _grp("snap", 2), _grp("snap", 3)
-_TL_V = _grp("tloss", 1)
-_SC_K, _SC_V = _grp("score", 1), _grp("score", 2)
-_RE_FILE = _grp("restore", 1)
-_SO_NAME = _grp("solving", 1)
-_PO_NAME = _grp("policy", 1)
-_FMT = {None: "", b"binary proto": "binaryproto", b"HDF5": "hdf5"}
-
-
-def _record(p: str, kind: int, line: int, m, buf) -> Record:
-    """Build the typed record of one scanned line."""
-    if kind == K_LR:
-        g = m.group
-        v = g(_LR_V)
-        return LearningRate(p, line, _iter_int(p, line, g(_LR_IT)), float(v), v.decode(),
-                            _extra_fields(p, line, g(_LR_X)))
-    if kind == K_OUT:
-        g = m.group
-        return NetOutput(p, line, "train" if g(_OUT_PH) == b"Train" else "test", int(g(_OUT_K)), _dec(g(_OUT_NAME)),
-                         float(g(_OUT_V)), _opt_f(g(_OUT_W)), _opt_f(g(_OUT_X)))
-    if kind == K_LOSS:
-        g = m.group
-        ps = g(_LS_PS)
-        if ps is None:  # NVCaffe "(T s)" form
-            return Loss(p, line, _iter_int(p, line, g(_LS_IT)), float(g(_LS_V)), None, float(g(_LS_LAPSE2)), None)
-        return Loss(p, line, _iter_int(p, line, g(_LS_IT)), float(g(_LS_V)), float(ps), float(g(_LS_LAPSE)),
-                    int(g(_LS_DISP)))
-    if kind == K_SLOSS:
-        return Loss(p, line, _iter_int(p, line, m.group(_SL_IT)), float(m.group(_SL_V)))
-    if kind == K_TESTING:
-        net = m.group(_TE_NET)
-        return Testing(p, line, _iter_int(p, line, m.group(_TE_IT)), 0 if net is None else int(net))
-    if kind == K_MS:
-        return MultiStepStatus(p, line, _iter_int(p, line, m.group(_MS_IT)), int(m.group(_MS_ST)))
-    if kind == K_CLIP:
-        n, c, s = m.group(_CL_N, _CL_C, _CL_S)
-        return GradientClipping(p, line, float(n), float(c), float(s), n.decode(), c.decode(), s.decode())
-    if kind == K_SNAP:
-        return Snapshot(p, line, "solverstate" if m.group(_SN_STATE) else "model", _FMT[m.group(_SN_FMT)],
-                        _dec(m.group(_SN_FILE)))
-    if kind == K_TLOSS:
-        return TestLoss(p, line, float(m.group(_TL_V)))
-    if kind == K_SCORE:
-        return NetOutput(p, line, "test", int(m.group(_SC_K)), "", float(m.group(_SC_V)))
-    if kind == K_RESTORE:
-        return Restore(p, line, _dec(m.group(_RE_FILE)))
-    if kind == K_SOLVING:
-        return NetName(p, line, _dec(m.group(_SO_NAME)))
-    if kind == K_POLICY:
-        return LrPolicy(p, line, _dec(m.group(_PO_NAME)))
-    if kind == K_STOPPED:
-        return StoppedEarly(p, line)
-    if kind == K_DONE:
-        return OptimizationDone(p, line, _dec(m.group("loc")))
-    if kind == K_FATAL:
-        return Fatal(p, line, _dec(m.group("floc")), _dec(m.group("fatal")).rstrip())
-    raise AssertionError(kind)  # pragma: no cover
+# ---------------------------------------------------------------------------
+# parse_log: records in order
+# ---------------------------------------------------------------------------
 
 
 def parse_log(path) -> Iterator[Record]:
     """Yield the typed records of a ``caffe train`` log, in file order.
 
-    Streams the file in large chunks (constant memory). The last record is a
-    :class:`LogEnd`. Raises :class:`InputError` (``file:line: problem``) for
-    an empty file, a file with no Caffe solver line, binary data, a cut last
-    line, an unsupported variant of a solver line, or a solver parameter
-    block that does not end.
+    Streams the file in large chunks (constant memory); the last record is
+    a :class:`LogEnd`. Raises :class:`InputError` (``file:line: problem``)
+    for an empty file, a file with no Caffe solver line, binary data, a cut
+    last line, an unsupported variant of a solver line, or a solver
+    parameter block that does not end.
     """
-    p = os.fspath(path)
-    for kind, line, m, buf in _scan(p):
-        if kind is None:
-            yield LogEnd(p, line, line - m)
-        elif kind == K_INIT:
-            yield SolverParams(p, line, _dec(m))
-        else:
-            yield _record(p, kind, line, m, buf)
+    p, f = _open(path)
+    counted = 0  # record lines + parameter block lines
+    caffe_seen = False
+    block: _Block | None = None
+    with f:
+        for buf, base in _chunks(p, f):
+            if not buf:
+                if block is not None:
+                    counted += 1 + block.lines
+                    yield SolverParams(p, block.line, block.text())
+                if not caffe_seen:
+                    raise _not_caffe(p, base)
+                yield LogEnd(p, base, base - counted)
+                return
+            pos, end = 0, len(buf)
+            while pos < end:
+                if block is not None:
+                    stop = _continue_block(p, block, buf, pos)
+                    if stop < 0:
+                        break
+                    counted += 1 + block.lines
+                    yield SolverParams(p, block.line, block.text())
+                    block = None
+                    pos = stop
+                line0 = base + buf.count(b"\n", 0, pos) + 1
+                for kind, line, m, ls in _scan_slow(p, buf, pos, end, line0):
+                    if kind == K_INIT:
+                        caffe_seen = True
+                        block = _Block(line)
+                        pos = m.end() + 1
+                        break
+                    counted += 1
+                    if kind != K_FATAL or _is_caffe_source(_dec(m.group("floc"))):
+                        caffe_seen = True
+                    yield _record(p, kind, line, m)
+                else:
+                    pos = end
+
+
+def _not_caffe(p: str, lines: int) -> InputError:
+    return InputError(
+        p,
+        f"not a Caffe training log: none of its {lines} lines is a Caffe solver line "
+        "(expected glog lines such as 'solver.cpp:239] Iteration 0 (...), loss = ...')",
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -642,20 +723,22 @@ def parse_log(path) -> Iterator[Record]:
 
 class Series:
     """A compact per-iteration series: ``iter`` (array 'q'), ``value``
-    (array 'd') and the log ``line`` of each point (array 'q')."""
+    (array 'd') and, where kept, the log ``line`` of each point (array 'q',
+    else ``None``)."""
 
     __slots__ = ("iter", "value", "line")
 
-    def __init__(self):
+    def __init__(self, lines: bool = True):
         self.iter = array("q")
         self.value = array("d")
-        self.line = array("q")
+        self.line = array("q") if lines else None
 
-    def append(self, it: int, value: float, line: int) -> None:
+    def append(self, it: int, value: float, line: int = 0) -> None:
         """Add one point."""
         self.iter.append(it)
         self.value.append(value)
-        self.line.append(line)
+        if self.line is not None:
+            self.line.append(line)
 
     def __len__(self) -> int:
         return len(self.iter)
@@ -664,14 +747,41 @@ class Series:
         return f"Series({len(self)} points)"
 
     def to_numpy(self):
-        """``(iter int64, value float64, line int64)`` numpy arrays (zero copy)."""
+        """``(iter, value)`` as int64/float64 numpy arrays (no copy)."""
         import numpy as np
 
-        return (
-            np.frombuffer(self.iter, dtype=np.int64),
-            np.frombuffer(self.value, dtype=np.float64),
-            np.frombuffer(self.line, dtype=np.int64),
-        )
+        return np.frombuffer(self.iter, dtype=np.int64), np.frombuffer(self.value, dtype=np.float64)
+
+
+class ClipSeries:
+    """The ``Gradient clipping`` lines of a run, as compact arrays.
+
+    ``iter`` is the iteration of the lr line on the line just before (the
+    same update), or -1 when that update's lr was not displayed.
+    """
+
+    __slots__ = ("iter", "l2norm", "clip_gradients", "scale_factor", "line")
+
+    def __init__(self):
+        self.iter = array("q")
+        self.l2norm = array("d")
+        self.clip_gradients = array("d")
+        self.scale_factor = array("d")
+        self.line = array("q")
+
+    def append(self, it: int, l2norm: float, clip: float, scale: float, line: int) -> None:
+        """Add one clipping line."""
+        self.iter.append(it)
+        self.l2norm.append(l2norm)
+        self.clip_gradients.append(clip)
+        self.scale_factor.append(scale)
+        self.line.append(line)
+
+    def __len__(self) -> int:
+        return len(self.iter)
+
+    def __repr__(self) -> str:
+        return f"ClipSeries({len(self)} lines)"
 
 
 class OutputKey(NamedTuple):
@@ -695,12 +805,13 @@ class Run:
     """One training in a log: from ``Initializing solver`` to the next one.
 
     Records before the first ``Initializing solver`` line (a log that starts
-    mid-run) form a run with ``params is None``. Per-iteration values are
-    :class:`Series` of compact arrays; ``outputs`` maps :class:`OutputKey` to
-    a series whose ``iter`` is the display (train) or test iteration, and
-    ``loss_weights`` gives each output's loss weight (``None``: not a loss).
-    ``clipping_iter`` is the iteration of the lr line just before each
-    clipping line, or -1 when the update was not displayed.
+    mid-run) form a run with ``params is None`` and ``first_line`` 1.
+    ``lr``, ``multistep`` (value = step) and ``tests`` (value = test net)
+    keep the log line of each point; ``loss`` and ``outputs`` do not.
+    ``outputs`` maps :class:`OutputKey` to a series whose ``iter`` is the
+    display (train) or test iteration; ``loss_weights`` gives each output's
+    loss weight (``None``: not a loss). ``final_loss`` is ``(iter, loss)`` of
+    the last short-form loss line (the forward-only pass after training).
     """
 
     path: str
@@ -709,18 +820,18 @@ class Run:
     params: SolverParams | None = None
     net_name: str | None = None
     lr_policy: str | None = None
+    lr_policy_line: int = 0
     restore: Restore | None = None
     lr: Series = field(default_factory=Series)
     lr_extra: dict = field(default_factory=dict)
-    loss: Series = field(default_factory=Series)
-    final_loss: Loss | None = None
+    loss: Series = field(default_factory=lambda: Series(lines=False))
+    final_loss: tuple | None = None
     multistep: Series = field(default_factory=Series)
     tests: Series = field(default_factory=Series)
     test_loss: dict = field(default_factory=dict)
     outputs: dict = field(default_factory=dict)
     loss_weights: dict = field(default_factory=dict)
-    clipping: list = field(default_factory=list)
-    clipping_iter: array = field(default_factory=lambda: array("q"))
+    clipping: ClipSeries = field(default_factory=ClipSeries)
     snapshots: list = field(default_factory=list)
     stopped_early: bool = False
     done: bool = False
@@ -733,8 +844,8 @@ class Run:
 
     @property
     def complete(self) -> bool:
-        """Ended normally (``Optimization Done.`` or ``stopped early``), not
-        killed, truncated at a line end, or fatal."""
+        """Ended normally (``Optimization Done.`` or stopped early), not
+        killed, cut at a line end, or fatal."""
         return (self.done or self.stopped_early) and self.fatal is None
 
     def config(self):
@@ -744,9 +855,428 @@ class Run:
                              line=self.first_line)
         return self.params.config()
 
-    def output_columns(self) -> list:
-        """Output keys in first-seen order."""
-        return list(self.outputs)
+
+class _State:
+    """read_runs' state between records (and chunks)."""
+
+    __slots__ = ("p", "runs", "run", "cur_iter", "test_iter", "test_net", "lr_line", "lr_iter", "caffe_seen",
+                 "block")
+
+    def __init__(self, p: str):
+        self.p = p
+        self.runs: list[Run] = []
+        self.run: Run | None = None
+        self.cur_iter = -1  # last display line: train outputs belong to it
+        self.test_iter = -1
+        self.test_net = 0
+        self.lr_line = -2  # line of the last lr line: a clipping line right after it shares its iteration
+        self.lr_iter = -1
+        self.caffe_seen = False
+        self.block: _Block | None = None
+
+    def get_run(self) -> Run:
+        if self.run is None:
+            self.run = Run(self.p, 1)
+            self.runs.append(self.run)
+        return self.run
+
+    def new_run(self, line: int) -> Run:
+        if self.run is not None:
+            self.run.last_line = line - 1
+        self.run = Run(self.p, line)
+        self.runs.append(self.run)
+        self.cur_iter = self.test_iter = -1
+        self.test_net = 0
+        self.lr_line = -2
+        return self.run
+
+    def output_series(self, key: OutputKey, w) -> Series:
+        run = self.run
+        s = run.outputs.get(key)
+        if s is None:
+            s = run.outputs[key] = Series(lines=False)
+            run.loss_weights[key] = None if w is None else float(w)
+        return s
+
+    def add_lr(self, it: int, v: float, x: bytes | None, line: int) -> None:
+        run = self.get_run()
+        run.lr.append(it, v, line)
+        if x or run.lr_extra:
+            extra = _extra_fields(self.p, line, x)
+            n = len(run.lr) - 1
+            for k in extra:
+                if k not in run.lr_extra:
+                    run.lr_extra[k] = array("d", [float("nan")]) * n
+            for k, arr in run.lr_extra.items():
+                arr.append(extra.get(k, float("nan")))
+        self.lr_line, self.lr_iter = line, it
+
+    def apply(self, kind: int, line: int, m) -> None:
+        """Fold one ``_REC`` record (not K_INIT) into the current run."""
+        self.caffe_seen = self.caffe_seen or kind != K_FATAL or _is_caffe_source(_dec(m.group("floc")))
+        run = self.get_run()
+        p = self.p
+        g = m.group
+        if kind == K_OUT:
+            if g(_OUT_PH) == b"Train":
+                key = OutputKey("train", 0, int(g(_OUT_K)), _dec(g(_OUT_NAME)))
+                it = self.cur_iter
+            else:
+                key = OutputKey("test", self.test_net, int(g(_OUT_K)), _dec(g(_OUT_NAME)))
+                it = self.test_iter
+            self.output_series(key, g(_OUT_W)).append(it, float(g(_OUT_V)))
+        elif kind == K_LR:
+            self.add_lr(_iter_int(p, line, g(_LR_IT)), float(g(_LR_V)), g(_LR_X), line)
+        elif kind == K_LOSS:
+            self.cur_iter = _iter_int(p, line, g(_LS_IT))
+            run.loss.append(self.cur_iter, float(g(_LS_V)))
+        elif kind == K_CLIP:
+            it = self.lr_iter if line == self.lr_line + 1 else -1
+            run.clipping.append(it, float(g(_CL_N)), float(g(_CL_C)), float(g(_CL_S)), line)
+        elif kind == K_SLOSS:
+            self.cur_iter = _iter_int(p, line, g(_SL_IT))
+            v = float(g(_SL_V))
+            run.loss.append(self.cur_iter, v)
+            run.final_loss = (self.cur_iter, v)
+        elif kind == K_MS:
+            run.multistep.append(_iter_int(p, line, g(_MS_IT)), int(g(_MS_ST)), line)
+        elif kind == K_SNAP:
+            run.snapshots.append(_record(p, kind, line, m))
+        elif kind == K_TESTING:
+            rec = _record(p, kind, line, m)
+            self.test_iter, self.test_net = rec.iter, rec.net
+            run.tests.append(rec.iter, rec.net, line)
+        elif kind == K_TLOSS:
+            s = run.test_loss.get(self.test_net)
+            if s is None:
+                s = run.test_loss[self.test_net] = Series(lines=False)
+            s.append(self.test_iter, float(g(_TL_V)))
+        elif kind == K_SCORE:
+            key = OutputKey("test", self.test_net, int(g(_SC_K)), "")
+            self.output_series(key, None).append(self.test_iter, float(g(_SC_V)))
+        elif kind == K_SOLVING:
+            run.net_name = _dec(g(_SO_NAME))
+        elif kind == K_POLICY:
+            run.lr_policy = _dec(g(_PO_NAME))
+            run.lr_policy_line = line
+        elif kind == K_RESTORE:
+            run.restore = _record(p, kind, line, m)
+        elif kind == K_STOPPED:
+            run.stopped_early = True
+        elif kind == K_DONE:
+            run.done = True
+        elif kind == K_FATAL:
+            if run.fatal is None:
+                run.fatal = _record(p, kind, line, m)
+
+
+def _start_block(st: _State, line: int, buf: bytes, pos: int) -> int:
+    """An ``Initializing solver`` line at ``line``; its block starts at
+    ``pos``. Returns where parsing resumes, or -1 if the block runs on."""
+    st.caffe_seen = True
+    run = st.new_run(line)
+    st.block = _Block(line)
+    stop = _continue_block(st.p, st.block, buf, pos)
+    if stop >= 0:
+        run.params = SolverParams(st.p, line, st.block.text())
+        st.block = None
+    return stop
+
+
+def _slow_chunk(st: _State, buf: bytes, pos: int, base: int) -> None:
+    """Fold ``buf[pos:]`` record by record (the reference path)."""
+    end = len(buf)
+    while pos < end:
+        line0 = base + buf.count(b"\n", 0, pos) + 1
+        for kind, line, m, ls in _scan_slow(st.p, buf, pos, end, line0):
+            if kind == K_INIT:
+                pos = _start_block(st, line, buf, m.end() + 1)
+                if pos < 0:
+                    return
+                break
+            st.apply(kind, line, m)
+        else:
+            return
+
+
+_BAD_NUM = object()
+
+
+def _floats(strs: list) -> array | object:
+    """``array('d')`` of the byte strings, or _BAD_NUM if one is not a %g number."""
+    if b"".join(strs).translate(None, _NUM_CHARS):
+        return _BAD_NUM
+    try:
+        return array("d", map(float, strs))
+    except ValueError:
+        return _BAD_NUM
+
+
+def _fast_chunk(st: _State, buf: bytes, pos0: int, base: int) -> bool:
+    """Fold ``buf[pos0:]`` with bulk passes; False (state untouched) when the
+    chunk needs the record-by-record path."""
+    p = st.p
+    end = len(buf)
+    n_solver = buf.count(b"solver.cpp:", pos0, end)
+    # -- rare lines, one by one ---------------------------------------------
+    starts = set()
+    rfind = buf.rfind
+    n_rare = 0
+    for m in _FAST_RARE.finditer(buf, pos0, end):
+        n_rare += 1
+        starts.add(rfind(b"\n", pos0, m.start()) + 1 or pos0)
+    find = buf.find
+    i = find(b"caffe.cpp:", pos0, end)
+    while i >= 0:
+        starts.add(rfind(b"\n", pos0, i) + 1 or pos0)
+        i = find(b"\n", i, end)
+        i = find(b"caffe.cpp:", i, end) if i >= 0 else -1
+    if buf.startswith(b"F", pos0):
+        starts.add(pos0)
+    i = find(b"\nF", pos0, end)
+    while i >= 0:
+        starts.add(i + 1)
+        i = find(b"\nF", i + 1, end)
+    rare = []  # (line start, kind, match)
+    match = _REC.match
+    for ls in sorted(starts):
+        m = match(buf, ls, find(b"\n", ls, end))
+        if m is None:
+            continue
+        kind = _KIND_BY_GROUP[m.lastindex]
+        if kind == K_ODD:
+            if m.group("loc").startswith(b"caffe.cpp"):
+                continue
+            return False  # let the ordered path report it
+        if kind in (K_LR, K_LOSS, K_SLOSS, K_CLIP) or (kind == K_OUT and m.group(_OUT_PH) == b"Train"):
+            return False  # a bulk kind in an unusual form: keep the order exact
+        rare.append((ls, kind, m))
+    lrs = list(_FAST_LR.finditer(buf, pos0, end))
+    clips = list(_FAST_CLIP.finditer(buf, pos0, end))
+    # -- segments between Initializing lines --------------------------------
+    cuts = [pos0] + [ls for ls, kind, _ in rare if kind == K_INIT] + [end]
+    segs = []
+    n_a = 0
+    for a, b in zip(cuts, cuts[1:]):
+        if a == b:
+            continue
+        A = _FAST_A.findall(buf, a, b)
+        n_a += len(A)
+        segs.append((a, b, A))
+    if n_solver != n_a + len(lrs) + len(clips) + n_rare:
+        return False
+    # -- numbers and structure (still no state change) ----------------------
+    plans = []
+    for a, b, A in segs:
+        plan = _plan_segment(A)
+        if plan is None:
+            return False
+        plans.append(plan)
+    lr_pos = [m.start() for m in lrs]
+    lr_g = [m.groups() for m in lrs]
+    lr_vals = _floats([g[1] for g in lr_g])
+    lr_its = [int(g[0]) for g in lr_g]
+    if lr_vals is _BAD_NUM or (lr_its and max(lr_its) > 2**31 - 1):
+        return False
+    lr_extra = any(g[2] for g in lr_g)
+    clip_pos = [m.start() for m in clips]
+    clip_g = [m.groups() for m in clips]
+    clip_vals = [_floats([g[k] for g in clip_g]) for k in range(3)]
+    # line numbers of every positioned record (vectorized)
+    rare_pos = [ls for ls, _, _ in rare]
+    lines = _line_numbers(buf, base, lr_pos + clip_pos + rare_pos)
+    n_lr, n_clip = len(lr_pos), len(clip_pos)
+    lr_lines, clip_lines, rare_lines = lines[:n_lr], lines[n_lr : n_lr + n_clip], lines[n_lr + n_clip :]
+    # -- commit ----------------------------------------------------------------
+    rare_i = lr_i = clip_i = 0
+    lr_by_line = {st.lr_line: st.lr_iter}  # a clipping line's lr line may end the previous chunk
+    for (a, b, A), plan in zip(segs, plans):
+        if rare_i < len(rare) and rare[rare_i][0] == a and rare[rare_i][1] == K_INIT:
+            ls, _, m = rare[rare_i]
+            stop = _start_block(st, rare_lines[rare_i], buf, m.end() + 1)
+            rare_i += 1
+            if stop < 0:
+                return True  # the rest of the chunk is the block
+            lr_by_line = {}
+        if A:
+            _commit_segment(st, plan)
+        lr_j = bisect_left(lr_pos, b, lr_i)
+        if lr_j > lr_i:
+            run = st.get_run()
+            if lr_extra or run.lr_extra:
+                for i in range(lr_i, lr_j):
+                    st.add_lr(lr_its[i], lr_vals[i], lr_g[i][2], lr_lines[i])
+            else:
+                run.lr.iter.extend(lr_its[lr_i:lr_j])
+                run.lr.value.extend(lr_vals[lr_i:lr_j])
+                run.lr.line.extend(lr_lines[lr_i:lr_j])
+                st.lr_line, st.lr_iter = lr_lines[lr_j - 1], lr_its[lr_j - 1]
+            lr_by_line.update(zip(lr_lines[lr_i:lr_j], lr_its[lr_i:lr_j]))
+            lr_i = lr_j
+        clip_j = bisect_left(clip_pos, b, clip_i)
+        if clip_j > clip_i:
+            if any(v is _BAD_NUM for v in clip_vals):
+                raise AssertionError("clip numbers were matched by _NUM")  # pragma: no cover
+            c = st.get_run().clipping
+            ls_ = clip_lines[clip_i:clip_j]
+            c.iter.extend([lr_by_line.get(ln - 1, -1) for ln in ls_])
+            c.l2norm.extend(clip_vals[0][clip_i:clip_j])
+            c.clip_gradients.extend(clip_vals[1][clip_i:clip_j])
+            c.scale_factor.extend(clip_vals[2][clip_i:clip_j])
+            c.line.extend(ls_)
+            clip_i = clip_j
+        while rare_i < len(rare) and rare[rare_i][0] < b:
+            ls, kind, m = rare[rare_i]
+            st.apply(kind, rare_lines[rare_i], m)
+            rare_i += 1
+    return True
+
+
+def _line_numbers(buf: bytes, base: int, positions: list) -> array:
+    """Line number (1-based, file-wide) of each byte position in ``buf``."""
+    if not positions:
+        return array("q")
+    import numpy as np
+
+    nl = np.flatnonzero(np.frombuffer(buf, dtype=np.uint8) == 10)
+    lines = np.searchsorted(nl, np.asarray(positions, dtype=np.int64)) + (base + 1)
+    return array("q", lines.astype(np.int64).tobytes())
+
+
+def _plan_segment(A: list):
+    """Check and convert one segment's ``_FAST_A`` tuples (display text,
+    output text), without touching any state.
+
+    Returns ``(orphans, (iters, losses, short), columns)`` or None when a
+    number is not %g or a line has a shape only the ordered path handles.
+    ``orphans`` are outputs before the first display (they belong to the
+    previous display); ``columns`` is a list of ``(index, name, w, values,
+    iters)``, one per output column, or per output when irregular.
+    """
+    if not A:
+        return [], (array("q"), array("d"), []), []
+    rests = [t[1] for t in A]
+    d_idx = [i for i, r in enumerate(rests) if not r]
+    nd = len(d_idx)
+    # display lines: "N (P iter/s, Ts/D iters), loss = L" or "N, loss = L"
+    iters = array("q")
+    short = []
+    loss_txt = []
+    for i in d_idx:
+        text = A[i][0]
+        head, _, loss = text.rpartition(b" = ")
+        loss_txt.append(loss)
+        sp = text.find(b" ")
+        if text[sp - 1 : sp] == b",":
+            iters.append(int(text[: sp - 1]))
+            short.append(True)
+        else:
+            iters.append(int(text[:sp]))
+            short.append(False)
+    losses = _floats(loss_txt)
+    if losses is _BAD_NUM or (iters and max(iters) > 2**31 - 1):
+        return None
+    o = d_idx[0] if nd else len(A)
+    columns = []
+    orphans = []
+    if o:
+        orphans = _outputs_one_by_one(rests[:o], None)
+        if orphans is None:
+            return None
+    if nd:
+        # Caffe prints K outputs after every display line; the chunk may cut
+        # the last block short (its outputs are then the first r columns)
+        first = d_idx[0]
+        K = (d_idx[1] if nd > 1 else len(A)) - first - 1
+        stride = K + 1
+        tail = len(A) - d_idx[-1] - 1
+        regular = tail <= K and d_idx == list(range(first, first + nd * stride, stride))
+        if regular:
+            for c in range(K):
+                col = _column(rests[first + 1 + c :: stride], iters)
+                if col is None:
+                    regular = False
+                    break
+                columns.append(col)
+        if not regular:
+            columns = []
+            j = -1
+            for i in range(first, len(A)):
+                if not rests[i]:
+                    j += 1
+                    continue
+                one = _outputs_one_by_one([rests[i]], iters[j])
+                if one is None:
+                    return None
+                columns.extend(one)
+    return orphans, (iters, losses, short), columns
+
+
+def _column(col: list, iters) -> tuple | None:
+    """One regular output column (same index and name in every row) by
+    splitting all its lines at once; None if the lines differ in shape."""
+    n = len(col)
+    toks = b" ".join(col).split(b" ")
+    T, r = divmod(len(toks), n)
+    if r or T not in (4, 9):
+        return None
+    k, name = toks[0], toks[1]
+    if (
+        toks[0::T].count(k) != n or toks[1::T].count(name) != n or toks[2::T].count(b"=") != n
+        or not k[:-1].isdigit() or k[-1:] != b":"
+    ):
+        return None
+    vals = _floats(toks[3::T])
+    if vals is _BAD_NUM:
+        return None
+    w = None
+    if T == 9:
+        w = toks[5]
+        if (
+            toks[4::T].count(b"(*") != n or toks[6::T].count(b"=") != n or toks[8::T].count(b"loss)") != n
+            or toks[5::T].count(w) != n or _NUM_RE.fullmatch(w) is None
+        ):
+            return None
+        weighted = toks[7::T]
+        # with loss weight 1 Caffe prints the same float twice
+        if not (w == b"1" and weighted == toks[3::T]) and _NUMS_RE.fullmatch(b" ".join(weighted)) is None:
+            return None
+    return int(k[:-1]), name, w, vals, iters[:n]
+
+
+def _outputs_one_by_one(rests: list, it) -> list | None:
+    out = []
+    for rest in rests:
+        m = _OUT_REST.fullmatch(rest)
+        if m is None:
+            return None
+        k, name, v, w, x = m.groups()
+        nums = [v] if w is None else [v, w, x]
+        vals = _floats(nums)
+        if vals is _BAD_NUM:
+            return None
+        out.append((int(k), name, w, array("d", vals[:1]), [it]))
+    return out
+
+
+def _commit_segment(st: _State, plan) -> None:
+    orphans, (iters, losses, short), columns = plan
+    run = st.get_run()
+    st.caffe_seen = True
+    for k, name, w, values, its in orphans:
+        st.output_series(OutputKey("train", 0, k, _dec(name)), w).append(st.cur_iter, values[0])
+    for k, name, w, values, its in columns:
+        s = st.output_series(OutputKey("train", 0, k, _dec(name)), w)
+        s.iter.extend(its)
+        s.value.extend(values)
+    if iters:
+        run.loss.iter.extend(iters)
+        run.loss.value.extend(losses)
+        st.cur_iter = iters[-1]
+        for j in range(len(short) - 1, -1, -1):
+            if short[j]:
+                run.final_loss = (iters[j], losses[j])
+                break
 
 
 def read_runs(path) -> list[Run]:
@@ -755,99 +1285,26 @@ def read_runs(path) -> list[Run]:
     Memory is bounded by the number of logged values (compact arrays), not
     by the file size. Same errors as :func:`parse_log`.
     """
-    p = os.fspath(path)
-    runs: list[Run] = []
-    run: Run | None = None
-    cur_iter = -1  # iteration of the last display line (train outputs)
-    test_iter = -1
-    test_net = 0
-    lr_iter = -1  # iteration of the last lr line, -1 after any other update line
-    for kind, line, m, buf in _scan(p):
-        if kind is None:
-            break
-        if run is None or kind == K_INIT:
-            if run is not None:
-                runs.append(run)
-            run = Run(p, line)
-            cur_iter = test_iter = lr_iter = -1
-            test_net = 0
-        run.last_line = line
-        if kind == K_OUT:
-            g = m.group
-            if g(_OUT_PH) == b"Train":
-                key = OutputKey("train", 0, int(g(_OUT_K)), _dec(g(_OUT_NAME)))
-                it = cur_iter
-            else:
-                key = OutputKey("test", test_net, int(g(_OUT_K)), _dec(g(_OUT_NAME)))
-                it = test_iter
-            s = run.outputs.get(key)
-            if s is None:
-                s = run.outputs[key] = Series()
-                w = g(_OUT_W)
-                run.loss_weights[key] = None if w is None else float(w)
-            s.append(it, float(g(_OUT_V)), line)
-        elif kind == K_LR:
-            it = _iter_int(p, line, m.group(_LR_IT))
-            run.lr.append(it, float(m.group(_LR_V)), line)
-            x = m.group(_LR_X)
-            if x or run.lr_extra:
-                extra = _extra_fields(p, line, x)
-                n = len(run.lr) - 1
-                for k in extra:
-                    if k not in run.lr_extra:
-                        run.lr_extra[k] = array("d", [float("nan")]) * n
-                for k, arr in run.lr_extra.items():
-                    arr.append(extra.get(k, float("nan")))
-            lr_iter = it
-            continue
-        elif kind == K_LOSS:
-            cur_iter = _iter_int(p, line, m.group(_LS_IT))
-            run.loss.append(cur_iter, float(m.group(_LS_V)), line)
-        elif kind == K_CLIP:
-            run.clipping.append(_record(p, kind, line, m, buf))
-            run.clipping_iter.append(lr_iter)
-        elif kind == K_SLOSS:
-            cur_iter = _iter_int(p, line, m.group(_SL_IT))
-            v = float(m.group(_SL_V))
-            run.loss.append(cur_iter, v, line)
-            run.final_loss = Loss(p, line, cur_iter, v)
-        elif kind == K_MS:
-            run.multistep.append(_iter_int(p, line, m.group(_MS_IT)), int(m.group(_MS_ST)), line)
-        elif kind == K_SNAP:
-            run.snapshots.append(_record(p, kind, line, m, buf))
-        elif kind == K_TESTING:
-            rec = _record(p, kind, line, m, buf)
-            test_iter, test_net = rec.iter, rec.net
-            run.tests.append(rec.iter, rec.net, line)
-        elif kind == K_TLOSS:
-            s = run.test_loss.get(test_net)
-            if s is None:
-                s = run.test_loss[test_net] = Series()
-            s.append(test_iter, float(m.group(_TL_V)), line)
-        elif kind == K_SCORE:
-            key = OutputKey("test", test_net, int(m.group(_SC_K)), "")
-            s = run.outputs.get(key)
-            if s is None:
-                s = run.outputs[key] = Series()
-                run.loss_weights[key] = None
-            s.append(test_iter, float(m.group(_SC_V)), line)
-        elif kind == K_INIT:
-            run.params = SolverParams(p, line, _dec(m))
-            run.last_line = line + buf
-        elif kind == K_SOLVING:
-            run.net_name = _dec(m.group(_SO_NAME))
-        elif kind == K_POLICY:
-            run.lr_policy = _dec(m.group(_PO_NAME))
-        elif kind == K_RESTORE:
-            run.restore = _record(p, kind, line, m, buf)
-        elif kind == K_STOPPED:
-            run.stopped_early = True
-        elif kind == K_DONE:
-            run.done = True
-        elif kind == K_FATAL:
-            if run.fatal is None:
-                run.fatal = _record(p, kind, line, m, buf)
-        lr_iter = -1
-    if run is not None:
-        runs.append(run)
-    return runs
+    p, f = _open(path)
+    st = _State(p)
+    with f:
+        for buf, base in _chunks(p, f):
+            if not buf:
+                if st.block is not None:
+                    st.run.params = SolverParams(p, st.block.line, st.block.text())
+                    st.block = None
+                if not st.caffe_seen:
+                    raise _not_caffe(p, base)
+                if st.run is not None:
+                    st.run.last_line = base
+                return st.runs
+            pos = 0
+            if st.block is not None:
+                pos = _continue_block(p, st.block, buf, 0)
+                if pos < 0:
+                    continue
+                st.run.params = SolverParams(p, st.block.line, st.block.text())
+                st.block = None
+            if not _fast_chunk(st, buf, pos, base):
+                _slow_chunk(st, buf, pos, base)
+    return st.runs  # pragma: no cover
