@@ -33,6 +33,9 @@ _LAZY = {
     "Tolerance": ".compare",
     "replay": ".replay",
     "replay_trace": ".replay",
+    "find_caffe": ".oracle",
+    "capture": ".oracle",
+    "capture_like": ".oracle",
 }
 
 __all__ = [
