@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .config import REGULARIZATION_TYPES, BlobSpec, SolverConfig
+from .config import REGULARIZATION_TYPES, BlobSpec, SolverConfig, config_refusals
 from .errors import CaffeRefusal, InputError
 from .kernels import update as _k
 from .lr import learning_rate
@@ -159,6 +159,11 @@ class Reference:
     defaults). ``history`` (``SolverState`` order: one blob per learnable
     blob, twice over for AdaDelta/Adam), ``iter`` and ``current_step``
     resume a run; a fresh run starts from zero history, as Caffe does.
+
+    Settings Caffe refuses before training (unknown solver type, AdaGrad or
+    RMSProp with momentum, ``rms_decay`` outside [0, 1), ...) raise that
+    ``CaffeRefusal`` here; those it refuses at the first update (lr policy
+    checks, unknown regularization type) raise from ``step``.
     """
 
     def __init__(
@@ -171,6 +176,9 @@ class Reference:
         iter: int = 0,
         current_step: int = 0,
     ):
+        refusals = config_refusals(config)
+        if refusals:
+            raise refusals[0]
         self.config = config
         self.profile = get_profile(profile)
         dt = self.profile.dtype
@@ -357,8 +365,8 @@ class Reference:
                 b2 = dt(cfg.momentum2)
                 _k.adam_update(w, g, h, self._h[n + p], *pro, dt(local_rate * corr), momentum, dt(one - momentum),
                                b2, dt(one - b2), delta, fused, zf)
-            else:
-                raise CaffeRefusal(f"Unknown solver type: {kind}", when="start", path=_where(cfg))
+            else:  # unreachable: __init__ refuses unknown types
+                raise AssertionError(kind)
 
 
 def _view(a: np.ndarray, shape) -> np.ndarray:

@@ -233,6 +233,18 @@ def test_refusals_leave_state_untouched():
     assert bad.iter == 0
 
 
+@pytest.mark.parametrize("kw,message", [
+    (dict(type="Adamax"), "Unknown solver type: Adamax"),
+    (dict(type="AdaGrad", momentum=0.9), "Momentum cannot be used with AdaGrad."),
+    (dict(type="RMSProp", momentum=0.0, rms_decay=1.0), "rms_decay should lie between 0 and 1."),
+])
+def test_start_refusals(kw, message):
+    cfg = make_config("SGD").replace(**kw)
+    with pytest.raises(CaffeRefusal, match=re.escape(message)) as e:
+        Reference(cfg, {s.name: np.ones(s.shape, np.float32) for s in SPECS})
+    assert e.value.when == "start"
+
+
 @pytest.mark.parametrize("mutate,message", [
     (lambda p: p.pop("a/1"), "missing blob"),
     (lambda p: p.update(extra=np.zeros(2, np.float32)), "unknown blob"),

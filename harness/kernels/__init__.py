@@ -1,0 +1,12 @@
+"""numba kernels: Caffe's solver arithmetic, bit for bit (no I/O, no protobuf, no printing).
+
+``update``     per-blob fused Normalize/Regularize/ComputeUpdateValue/Update for
+               SGD, Nesterov, AdaGrad, RMSProp, AdaDelta, Adam; ``sdot`` orders
+``lr_policy``  ``GetLearningRate`` for the seven policies, scalar and vectorized
+
+Each module is self-contained (numba's on-disk cache only notices changes to
+a function's own file). Importing this package compiles nothing; importing a
+module compiles (or loads from the cache) its explicitly typed kernels.
+"""
+
+__all__: list[str] = []
