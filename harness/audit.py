@@ -1008,19 +1008,55 @@ _GMAX = np.float32(1.8446742e19)  # |g| beyond this makes powf(g, 2) overflow
 _UNCHECKED, _FAILED, _OK = 0, 1, 2
 
 
+if numba.config.DISABLE_JIT:
+
+    def _f2i(x):
+        """The bits of a float32 as an int32."""
+        return int(np.float32(x).view(np.int32))
+
+    def _i2f(k):
+        """The float32 whose bits are the int32 ``k``."""
+        return np.array([k], dtype=np.int64).astype(np.int32).view(np.float32)[0]
+
+else:
+    from llvmlite import ir as _ir
+    from numba import types as _types
+    from numba.extending import intrinsic as _intrinsic
+
+    @_intrinsic
+    def _f2i(typingctx, x):
+        if x != _types.float32:
+            return None
+
+        def codegen(context, builder, sig, args):
+            return builder.bitcast(args[0], _ir.IntType(32))
+
+        return _types.int32(x), codegen
+
+    @_intrinsic
+    def _i2f(typingctx, k):
+        if not isinstance(k, _types.Integer):
+            return None
+
+        def codegen(context, builder, sig, args):
+            v = context.cast(builder, args[0], sig.args[0], _types.int32)
+            return builder.bitcast(v, _ir.FloatType())
+
+        return _types.float32(k), codegen
+
+
 @_njit
-def _g_of(k, buf, ibuf):
+def _g_of(k):
+    """The float32 of ``key`` k."""
     if k >= 0:
-        ibuf[0] = k
-    else:
-        ibuf[0] = -k - 2147483648
-    return buf[0]
+        return _i2f(k)
+    return _i2f(-k - 2147483648)
 
 
 @_njit
-def _key_of(x, buf, ibuf):
-    buf[0] = x
-    i = np.int64(ibuf[0])
+def _key_of(x):
+    """The ordering key of float32 ``x``: +bits for x >= 0, -(bits & 0x7fffffff) for x < 0."""
+    i = np.int64(_f2i(x))
     if i >= 0:
         return i
     return -(i + 2147483648)
@@ -1069,12 +1105,12 @@ def _fits(g, ak, p0, p1, p2, ta, b1k, b1q0, b1q1, b1q2, t1, b2k, b2q0, b2q1, b2q
 
 
 @_njit
-def _first_a(lo, hi, strict, sign, ak, p0, p1, p2, ta, fused, zf, buf, ibuf):
+def _first_a(lo, hi, strict, sign, ak, p0, p1, p2, ta, fused, zf):
     """First key in [lo, hi+1) with sign*A(g) >= sign*ta (> when strict); A monotone."""
     a, b = lo, hi + 1
     while a < b:
         mid = (a + b) // 2
-        v = _fa(ak, _g_of(mid, buf, ibuf), p0, p1, p2, fused, zf)
+        v = _fa(ak, _g_of(mid), p0, p1, p2, fused, zf)
         if sign < 0:
             c = v < ta if strict else v <= ta
         else:
@@ -1087,12 +1123,12 @@ def _first_a(lo, hi, strict, sign, ak, p0, p1, p2, ta, fused, zf, buf, ibuf):
 
 
 @_njit
-def _first_b(m_lo, m_hi, neg, bk, q0, q1, q2, tb, r, fused, zf, buf, ibuf):
+def _first_b(m_lo, m_hi, neg, bk, q0, q1, q2, tb, r, fused, zf):
     """First m in [m_lo, m_hi+1) with B(g) >= tb, g = +/-float(key m); B monotone in |g|."""
     a, b = m_lo, m_hi + 1
     while a < b:
         mid = (a + b) // 2
-        g = _g_of(-mid if neg else mid, buf, ibuf)
+        g = _g_of(-mid if neg else mid)
         if _fb(bk, g, q0, q1, q2, r, fused, zf) >= tb:
             b = mid
         else:
@@ -1102,22 +1138,22 @@ def _first_b(m_lo, m_hi, neg, bk, q0, q1, q2, tb, r, fused, zf, buf, ibuf):
 
 @_njit
 def _search_part(m_lo, m_hi, neg, ak, p0, p1, p2, ta, b1k, b1q0, b1q1, b1q2, t1, b2k, b2q0, b2q1, b2q2, t2, r,
-                 fused, zf, buf, ibuf):
+                 fused, zf):
     """Find a witness among g = +/-float(m), m in [m_lo, m_hi] (A already holds by value there)."""
     if m_lo > m_hi:
         return False
     start = m_lo
     if b1k != _B_NONE:
-        start = max(start, _first_b(m_lo, m_hi, neg, b1k, b1q0, b1q1, b1q2, t1, r, fused, zf, buf, ibuf))
+        start = max(start, _first_b(m_lo, m_hi, neg, b1k, b1q0, b1q1, b1q2, t1, r, fused, zf))
     if b2k != _B_NONE:
-        start = max(start, _first_b(m_lo, m_hi, neg, b2k, b2q0, b2q1, b2q2, t2, r, fused, zf, buf, ibuf))
+        start = max(start, _first_b(m_lo, m_hi, neg, b2k, b2q0, b2q1, b2q2, t2, r, fused, zf))
     probes = (start, m_lo, m_hi)
     for base in probes:
         for dm in range(-4, 5):
             m = base + dm
             if m < m_lo or m > m_hi:
                 continue
-            g = _g_of(-m if neg else m, buf, ibuf)
+            g = _g_of(-m if neg else m)
             if _fits(g, ak, p0, p1, p2, ta, b1k, b1q0, b1q1, b1q2, t1, b2k, b2q0, b2q1, b2q2, t2, r, fused, zf):
                 return True
             if m == 0 and _fits(-g, ak, p0, p1, p2, ta, b1k, b1q0, b1q1, b1q2, t1, b2k, b2q0, b2q1, b2q2, t2, r,
@@ -1127,24 +1163,23 @@ def _search_part(m_lo, m_hi, neg, ak, p0, p1, p2, ta, b1k, b1q0, b1q1, b1q2, t1,
 
 
 @_njit
-def _witness_one(g_est, ak, p0, p1, p2, ta, b1k, b1q0, b1q1, b1q2, t1, b2k, b2q0, b2q1, b2q2, t2, r, fused, zf,
-                 buf, ibuf):
+def _witness_one(g_est, ak, p0, p1, p2, ta, b1k, b1q0, b1q1, b1q2, t1, b2k, b2q0, b2q1, b2q2, t2, r, fused, zf):
     """Is there a float32 g with A(g) == ta and B1(g) == t1 and B2(g) == t2, bit for bit?"""
     # fast path: the estimate and its neighbours
     if g_est == g_est and abs(g_est) <= _GMAX:
-        k0 = _key_of(np.float32(g_est), buf, ibuf)
+        k0 = _key_of(np.float32(g_est))
         for dk in (0, -1, 1, -2, 2, -3, 3):
-            g = _g_of(k0 + dk, buf, ibuf)
+            g = _g_of(k0 + dk)
             if _fits(g, ak, p0, p1, p2, ta, b1k, b1q0, b1q1, b1q2, t1, b2k, b2q0, b2q1, b2q2, t2, r, fused, zf):
                 return True
             if k0 + dk == 0 and _fits(-g, ak, p0, p1, p2, ta, b1k, b1q0, b1q1, b1q2, t1, b2k, b2q0, b2q1, b2q2, t2,
                                       r, fused, zf):
                 return True
     # slow path: the interval where A equals ta by value, then B by bisection on |g|
-    klo = _key_of(-_GMAX, buf, ibuf)
-    khi = _key_of(_GMAX, buf, ibuf)
-    va = _fa(ak, _g_of(klo, buf, ibuf), p0, p1, p2, fused, zf)
-    vb = _fa(ak, _g_of(khi, buf, ibuf), p0, p1, p2, fused, zf)
+    klo = _key_of(-_GMAX)
+    khi = _key_of(_GMAX)
+    va = _fa(ak, _g_of(klo), p0, p1, p2, fused, zf)
+    vb = _fa(ak, _g_of(khi), p0, p1, p2, fused, zf)
     if va != va or vb != vb:
         return False
     if va == vb:
@@ -1153,16 +1188,16 @@ def _witness_one(g_est, ak, p0, p1, p2, ta, b1k, b1q0, b1q1, b1q2, t1, b2k, b2q0
         lo, hi = klo, khi
     else:
         sign = 1 if va < vb else -1
-        lo = _first_a(klo, khi, False, sign, ak, p0, p1, p2, ta, fused, zf, buf, ibuf)
-        hi = _first_a(klo, khi, True, sign, ak, p0, p1, p2, ta, fused, zf, buf, ibuf) - 1
+        lo = _first_a(klo, khi, False, sign, ak, p0, p1, p2, ta, fused, zf)
+        hi = _first_a(klo, khi, True, sign, ak, p0, p1, p2, ta, fused, zf) - 1
         if lo > hi:
             return False
     # non-negative part: keys [max(lo, 0), hi]; negative part: m = -key in [max(1, -hi), -lo]
     if _search_part(max(lo, 0), hi, False, ak, p0, p1, p2, ta, b1k, b1q0, b1q1, b1q2, t1, b2k, b2q0, b2q1, b2q2,
-                    t2, r, fused, zf, buf, ibuf):
+                    t2, r, fused, zf):
         return True
     return _search_part(max(1, -hi), -lo, True, ak, p0, p1, p2, ta, b1k, b1q0, b1q1, b1q2, t1, b2k, b2q0, b2q1,
-                        b2q2, t2, r, fused, zf, buf, ibuf)
+                        b2q2, t2, r, fused, zf)
 
 
 @_njit
@@ -1179,8 +1214,6 @@ def _witness(code, d, h, hp, h2, h2p, lr, c0, c1, c2, c3, fused, zf, out):
       ``d = sscal(lr, fl(g*r))``.
     - W_ADAM: ``m=h = axpby(c0=fl(1-b1), g, c1=b1, hp)``, ``v=h2 = axpby(c2=fl(1-b2), fl(g*g), c3=b2, h2p)``.
     """
-    buf = np.zeros(1, dtype=np.float32)
-    ibuf = buf.view(np.int32)
     zero = np.float32(0)
     half = np.float32(0.5)
     inf = np.float32(np.inf)
@@ -1193,7 +1226,7 @@ def _witness(code, d, h, hp, h2, h2p, lr, c0, c1, c2, c3, fused, zf, out):
         if code == W_SGD:
             est = (np.float64(hi) - np.float64(c0 * hpi)) / np.float64(lr) if lr != 0 else 0.0
             ok = _witness_one(est, _A_AXPBY, lr, c0, hpi, hi, _B_NONE, zero, zero, zero, zero,
-                              _B_NONE, zero, zero, zero, zero, zero, fused, zf, buf, ibuf)
+                              _B_NONE, zero, zero, zero, zero, zero, fused, zf)
         elif code == W_ADAGRAD or code == W_RMSPROP:
             di = d[i]
             if not abs(di) < inf:
@@ -1211,10 +1244,10 @@ def _witness(code, d, h, hp, h2, h2p, lr, c0, c1, c2, c3, fused, zf, out):
                 est = math.sqrt(max((np.float64(hi) - np.float64(c2 * hpi)) / max(np.float64(c1), 1e-300), 0.0))
             if code == W_ADAGRAD:
                 ok = _witness_one(est, _A_ADAGRAD, lr, s, zero, di, _B_ADD_POW, zero, zero, hpi, hi,
-                                  _B_NONE, zero, zero, zero, zero, zero, fused, zf, buf, ibuf)
+                                  _B_NONE, zero, zero, zero, zero, zero, fused, zf)
             else:
                 ok = _witness_one(est, _A_ADAGRAD, lr, s, zero, di, _B_AXPBY_POW, c1, c2, hpi, hi,
-                                  _B_NONE, zero, zero, zero, zero, zero, fused, zf, buf, ibuf)
+                                  _B_NONE, zero, zero, zero, zero, zero, fused, zf)
         elif code == W_ADADELTA:
             di, h2i, h2pi = d[i], h2[i], h2p[i]
             if not (abs(di) < inf and abs(h2i) < inf and abs(h2pi) < inf):
@@ -1229,7 +1262,7 @@ def _witness(code, d, h, hp, h2, h2p, lr, c0, c1, c2, c3, fused, zf, out):
             else:
                 est = math.sqrt(max((np.float64(hi) - np.float64(c2 * hpi)) / max(np.float64(c1), 1e-300), 0.0))
             ok = _witness_one(est, _A_DELTA, lr, r, zero, di, _B_AXPBY_POW, c1, c2, hpi, hi,
-                              _B_AXPBY_POW_R, c1, c2, h2pi, h2i, r, fused, zf, buf, ibuf)
+                              _B_AXPBY_POW_R, c1, c2, h2pi, h2i, r, fused, zf)
         else:  # W_ADAM
             h2i, h2pi = h2[i], h2p[i]
             if not (abs(h2i) < inf and abs(h2pi) < inf):
@@ -1240,7 +1273,7 @@ def _witness(code, d, h, hp, h2, h2p, lr, c0, c1, c2, c3, fused, zf, out):
             else:
                 est = math.sqrt(max((np.float64(h2i) - np.float64(c3 * h2pi)) / max(np.float64(c2), 1e-300), 0.0))
             ok = _witness_one(est, _A_AXPBY, c0, c1, hpi, hi, _B_AXPBY_SQ, c2, c3, h2pi, h2i,
-                              _B_NONE, zero, zero, zero, zero, zero, fused, zf, buf, ibuf)
+                              _B_NONE, zero, zero, zero, zero, zero, fused, zf)
         out[i] = _OK if ok else _FAILED
 
 
