@@ -20,7 +20,8 @@ Lines and their order (``SEMANTICS.md`` §1, Caffe's ``solver.cpp`` and
     solver.cpp:45] Initializing solver from parameters:      (+ text block)
     solver.cpp:289] Solving NAME
     solver.cpp:290] Learning Rate Policy: P
-    solver.cpp:296] Restoring previous solver status from FILE
+    caffe.cpp:235] Resuming from FILE                        (caffe train --snapshot=FILE)
+    solver.cpp:296] Restoring previous solver status from FILE  (Solver::Solve(FILE))
     solver.cpp:347] Iteration N, Testing net (#i)
     solver.cpp:401] Test loss: L
     solver.cpp:414]     Test net output #k: NAME = V (* W = X loss)
@@ -161,9 +162,13 @@ class LrPolicy(Record):
 
 @dataclass(slots=True)
 class Restore(Record):
-    """``Restoring previous solver status from FILE`` (a resumed run)."""
+    """A resumed run: ``caffe.cpp] Resuming from FILE`` (``caffe train
+    --snapshot=FILE``) or ``solver.cpp] Restoring previous solver status
+    from FILE`` (``Solver::Solve(FILE)``: pycaffe, multi-GPU); ``location``
+    tells which."""
 
     file: str
+    location: str = ""
 
 
 @dataclass(slots=True)
@@ -337,6 +342,7 @@ _ALTS = [
     (b"tloss", rb"Test loss: (" + _NUM + rb")"),
     (b"score", rb"Test score #(\d+): (" + _NUM + rb")"),
     (b"restore", rb"Restoring previous solver status from (.+?)"),
+    (b"resuming", rb"Resuming from (.+?)"),  # caffe.cpp, `caffe train --snapshot=FILE`
     (b"solving", rb"Solving (.*?)"),
     (b"policy", rb"Learning Rate Policy: (.*?)"),
     (b"init", rb"Initializing solver from parameters: ?"),
@@ -356,8 +362,8 @@ _REC = re.compile(
 )
 
 # kind codes
-(K_LR, K_LOSS, K_OUT, K_SLOSS, K_TESTING, K_MS, K_CLIP, K_SNAP, K_TLOSS, K_SCORE, K_RESTORE, K_SOLVING,
- K_POLICY, K_INIT, K_STOPPED, K_DONE, K_ODD, K_FATAL) = range(18)
+(K_LR, K_LOSS, K_OUT, K_SLOSS, K_TESTING, K_MS, K_CLIP, K_SNAP, K_TLOSS, K_SCORE, K_RESTORE, K_RESUMING,
+ K_SOLVING, K_POLICY, K_INIT, K_STOPPED, K_DONE, K_ODD, K_FATAL) = range(19)
 _KIND_BY_GROUP = {}
 for _i, (_name, _alt) in enumerate(_ALTS):
     _KIND_BY_GROUP[_REC.groupindex[_name.decode()]] = _i
@@ -380,6 +386,7 @@ _SN_STATE, _SN_FMT, _SN_FILE = (_grp("snap", k) for k in (1, 2, 3))
 _TL_V = _grp("tloss", 1)
 _SC_K, _SC_V = _grp("score", 1), _grp("score", 2)
 _RE_FILE = _grp("restore", 1)
+_RS_FILE = _grp("resuming", 1)
 _SO_NAME = _grp("solving", 1)
 _PO_NAME = _grp("policy", 1)
 _FMT = {None: "", b"binary proto": "binaryproto", b"HDF5": "hdf5"}
@@ -504,7 +511,9 @@ def _record(p: str, kind: int, line: int, m) -> Record:
     if kind == K_SCORE:
         return NetOutput(p, line, "test", int(g(_SC_K)), "", float(g(_SC_V)))
     if kind == K_RESTORE:
-        return Restore(p, line, _dec(g(_RE_FILE)))
+        return Restore(p, line, _dec(g(_RE_FILE)), _dec(g("loc")))
+    if kind == K_RESUMING:
+        return Restore(p, line, _dec(g(_RS_FILE)), _dec(g("loc")))
     if kind == K_SOLVING:
         return NetName(p, line, _dec(g(_SO_NAME)))
     if kind == K_POLICY:
@@ -959,8 +968,9 @@ class _State:
         elif kind == K_POLICY:
             run.lr_policy = _dec(g(_PO_NAME))
             run.lr_policy_line = line
-        elif kind == K_RESTORE:
-            run.restore = _record(p, kind, line, m)
+        elif kind == K_RESTORE or kind == K_RESUMING:
+            if run.restore is None:
+                run.restore = _record(p, kind, line, m)
         elif kind == K_STOPPED:
             run.stopped_early = True
         elif kind == K_DONE:
