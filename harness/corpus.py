@@ -50,6 +50,7 @@ __all__ = [
     "golden_entries",
     "initial_weights",
     "build",
+    "MACHINE_FIELDS",
     "trace_dirs",
     "compare_trees",
 ]
@@ -128,8 +129,8 @@ class Case:
         return f"{REJECTED}/{self.id}" if self.refused else f"{blas}/{self.id}"
 
     def trace_name(self, blas: str) -> str:
-        """The trace's name: the id, with ``@<blas>`` for the reference BLAS and ATLAS builds."""
-        return self.id if blas == "openblas" or self.refused else f"{self.id}@{blas}"
+        """The trace's name: the case id (the BLAS is in the path and in ``provenance.blas``)."""
+        return self.id
 
 
 # =============================================================================
@@ -602,14 +603,22 @@ def _manifest_keys(a: bytes, b: bytes) -> list[str]:
     return keys
 
 
-def compare_trees(expected, got, paths: Iterable[str] | None = None) -> list[str]:
+#: Manifest fields that describe the machine a golden was recorded on, not what Caffe computed.
+MACHINE_FIELDS = ("provenance.cpu", "provenance.cpu_flags")
+
+
+def compare_trees(expected, got, paths: Iterable[str] | None = None, *, ignore: Iterable[str] = ()) -> list[str]:
     """Differences between two corpus trees, one line each (empty: identical bytes).
 
     ``paths``: the trace folders (``openblas/sgd-step``) to compare; default:
     every trace folder in either tree. Lists missing and extra traces and
     files, and for each differing file which one; for ``trace.json``, which
     manifest fields differ (``provenance.cpu`` alone means another machine).
+    ``ignore``: manifest fields whose difference is not reported (e.g.
+    :data:`MACHINE_FIELDS`); ``SHA256SUMS`` follows the files it lists and is
+    never reported on its own.
     """
+    ignore = set(ignore)
     expected, got = Path(expected), Path(got)
     rel = sorted(set(paths) if paths is not None else trace_dirs(expected) | trace_dirs(got))
     out = []
@@ -631,7 +640,9 @@ def compare_trees(expected, got, paths: Iterable[str] | None = None) -> list[str
             x, y = (a / n).read_bytes(), (b / n).read_bytes()
             if x != y:
                 if n == "trace.json":
-                    out.append(f"{r}/{n}: differs in {', '.join(_manifest_keys(x, y)) or 'formatting'}")
+                    keys = _manifest_keys(x, y)
+                    if not keys or set(keys) - ignore:
+                        out.append(f"{r}/{n}: differs in {', '.join(k for k in keys if k not in ignore) or 'formatting'}")
                 elif n == "SHA256SUMS":
                     continue  # follows from the data files reported below
                 else:
