@@ -322,7 +322,7 @@ _NUM = rb"[-+]?(?:(?:\d+\.?\d*|\.\d+)(?:e[-+]?\d+)?|inf|nan)"
 _NUM_CHARS = b"0123456789.-+einaf"
 _NUM_RE = re.compile(_NUM)
 _NUMS_RE = re.compile(rb"(?:" + _NUM + rb" )*" + _NUM)
-_DEV = rb"(?:\[[\w.]+\] )?"  # NVCaffe's device tag, e.g. "[0] "
+_DEV = rb"(?:\[[\w.]+\] ?)?"  # NVCaffe's device tag, e.g. "[0] "
 
 _ALTS = [
     (b"lr", _DEV + rb"Iteration (\d+), lr = (" + _NUM + rb")((?:, \w+ = " + _NUM + rb")*)"),
@@ -341,12 +341,12 @@ _ALTS = [
     (b"snap", rb"Snapshotting (solver state )?to (?:(binary proto|HDF5) file )?(.+?)"),
     (b"tloss", rb"Test loss: (" + _NUM + rb")"),
     (b"score", rb"Test score #(\d+): (" + _NUM + rb")"),
-    (b"restore", rb"Restoring previous solver status from (.+?)"),
+    (b"restore", _DEV + rb"Restoring previous solver status from (.+?)"),
     (b"resuming", rb"Resuming from (.+?)"),  # caffe.cpp, `caffe train --snapshot=FILE`
-    (b"solving", rb"Solving (.*?)"),
+    (b"solving", _DEV + rb"Solving (.*?)(?: Learning Rate Policy: (.*?))?"),  # NVCaffe: one line
     (b"policy", rb"Learning Rate Policy: (.*?)"),
     (b"init", rb"Initializing solver from parameters: ?"),
-    (b"stopped", rb"Optimization stopped early\."),
+    (b"stopped", _DEV + rb"Optimization stopped early\."),
     (b"done", rb"Optimization Done\."),
     # a solver line that looks like one of the above but is not: refused
     (b"odd", rb".*?(?:lr = |loss = |net output #|Test score #|MultiStep Status|Gradient clipping).*?"),
@@ -387,7 +387,7 @@ _TL_V = _grp("tloss", 1)
 _SC_K, _SC_V = _grp("score", 1), _grp("score", 2)
 _RE_FILE = _grp("restore", 1)
 _RS_FILE = _grp("resuming", 1)
-_SO_NAME = _grp("solving", 1)
+_SO_NAME, _SO_POLICY = _grp("solving", 1), _grp("solving", 2)
 _PO_NAME = _grp("policy", 1)
 _FMT = {None: "", b"binary proto": "binaryproto", b"HDF5": "hdf5"}
 
@@ -965,6 +965,9 @@ class _State:
             self.output_series(key, None).append(self.test_iter, float(g(_SC_V)))
         elif kind == K_SOLVING:
             run.net_name = _dec(g(_SO_NAME))
+            if g(_SO_POLICY) is not None:
+                run.lr_policy = _dec(g(_SO_POLICY))
+                run.lr_policy_line = line
         elif kind == K_POLICY:
             run.lr_policy = _dec(g(_PO_NAME))
             run.lr_policy_line = line
