@@ -220,7 +220,7 @@ def _table() -> tuple[Case, ...]:
     add(_c("adam-l2-frozen", "regularization", _solver("Adam", "multistep", weight_decay=0.05),
            layers="6x3:lr_w=0:lr_b=0:decay_b=1,4x2", why="L2 decay on lr_mult 0 blobs still moves Adam's m and v"))
     add(_c("sgd-decay-mults", "regularization", _solver("SGD", "inv", weight_decay=0.01),
-           layers="6x3:lr_w=1.7:decay_w=0.3:lr_b=0.6:decay_b=1.5,5x2:nobias:lr_w=3:decay_w=0", 
+           layers="6x3:lr_w=1.7:decay_w=0.3:lr_b=0.6:decay_b=1.5,5x2:nobias:lr_w=3:decay_w=0",
            why="local_decay = fl(weight_decay*decay_mult) and local_rate = fl(rate*lr_mult) with inexact products"))
     add(_c("nesterov-decay-large", "regularization", _solver("Nesterov", "exp", weight_decay=0.5),
            why="decay dominating the gradient: where the decay term enters the update shows"))
