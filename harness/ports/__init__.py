@@ -17,6 +17,7 @@ from .base import (
     PortSpecError,
     Runner,
     StepOutput,
+    Unsupported,
     load_port,
 )
 from .conformance import (
@@ -43,6 +44,7 @@ __all__ = [
     "StepOutput",
     "PortSpecError",
     "PortOutputError",
+    "Unsupported",
     "InProcessRunner",
     "load_port",
     "CaffeUpdate",

@@ -45,6 +45,7 @@ __all__ = [
     "StepOutput",
     "PortSpecError",
     "PortOutputError",
+    "Unsupported",
     "InProcessRunner",
     "load_port",
     "normalize_output",
@@ -63,6 +64,14 @@ class PortOutputError(Exception):
     """A port's output is malformed (missing blob, wrong shape, not a number)."""
 
 
+class Unsupported(Exception):
+    """Raised by a port's ``init`` when it cannot run this trace (e.g. cannot resume its history).
+
+    The trace is reported *unsupported* with ``str(exception)`` as the reason,
+    exactly as when ``supports(config)`` returns a reason.
+    """
+
+
 @runtime_checkable
 class Port(Protocol):
     """An in-process implementation of Caffe's solver update.
@@ -78,7 +87,8 @@ class Port(Protocol):
     ``current_step`` are Caffe's counters at the start. A port whose ``init``
     also takes a keyword ``blas`` is told which BLAS build recorded the trace
     (``"openblas"``, ``"reference"``, ``"atlas"``). Raising
-    ``harness.CaffeRefusal`` means "Caffe would refuse these settings".
+    ``harness.CaffeRefusal`` means "Caffe would refuse these settings";
+    raising ``harness.ports.Unsupported`` means "this port cannot run it".
 
     ``step(passes)`` performs one ``ApplyUpdate``: ``passes`` holds
     ``iter_size`` dicts (blob name -> float32 gradient of one
@@ -301,6 +311,8 @@ class InProcessRunner:
             port.init(cfg, params, history, trace.init_iter, trace.init_current_step, **kw)
         except CaffeRefusal as e:
             return PortRun("refused", e.message)
+        except Unsupported as e:
+            return PortRun("unsupported", str(e) or "the port cannot run this trace")
         except Exception as e:  # noqa: BLE001
             return PortRun("error", f"init() raised {_short(e)}")
         outputs: list[StepOutput] = []

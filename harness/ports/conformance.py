@@ -37,6 +37,7 @@ __all__ = [
     "Comparison",
     "TraceResult",
     "Diagnosis",
+    "GroupDiagnosis",
     "Report",
     "VariantCache",
     "as_tolerance",
@@ -479,126 +480,180 @@ def _distance(a: PortRun, b: PortRun) -> float:
     return worst
 
 
+def _describe(ids: tuple[str, ...]) -> str:
+    return " and with ".join(VARIANTS[i].description for i in ids)
+
+
 @dataclass
-class Diagnosis:
-    """Which known misports explain a port's failures.
+class GroupDiagnosis:
+    """What explains the numeric failures of one solver type.
 
     ``exact``: variant combinations (tuples of ids) that reproduce the
-    port's output on every numerically failing trace and agree with it on
-    the passing ones; ``closest``: the best single variant otherwise, with
-    its ``closest_score`` and Caffe's own ``caffe_score`` (summed
-    ``log2(1 + max ulp)`` over the failing traces; smaller is closer);
-    ``per_trace``: trace id -> short note for the table.
+    port's output on every failing trace of the group and agree with it on
+    the group's passing traces; otherwise ``closest``: the combination with
+    the most traces reproduced exactly, then the smallest ``closest_score``
+    (summed ``log2(1 + max ulp)`` against the port), named only when it is
+    closer than Caffe itself (``caffe_score``).
     """
 
+    solver: str
+    failing: list[str] = field(default_factory=list)
     exact: list[tuple[str, ...]] = field(default_factory=list)
-    closest: str | None = None
+    closest: tuple[str, ...] | None = None
     closest_exact_traces: int = 0
     closest_score: float = 0.0
     caffe_score: float = 0.0
-    failing: int = 0
-    per_trace: dict[str, str] = field(default_factory=dict)
 
     @property
     def text(self) -> str:
         """One sentence: "behaves like Caffe with ..."."""
-        if not self.failing:
-            return ""
-
-        def desc(ids: tuple[str, ...]) -> str:
-            return " and with ".join(VARIANTS[i].description for i in ids)
-
+        n = len(self.failing)
         if self.exact:
             first = self.exact[0]
-            text = f"behaves like Caffe with {desc(first)} (variant {'+'.join(first)}: reproduces all {self.failing} failing trace(s) exactly)"
+            text = (f"behaves like Caffe with {_describe(first)} (variant {'+'.join(first)}: "
+                    f"reproduces all {n} failing trace(s) exactly)")
             if len(self.exact) > 1:
                 others = ", ".join("+".join(e) for e in self.exact[1:])
-                text += f"; equally explained by {others} (the corpus has no trace that separates them)"
+                text += f"; equally explained by {others} (no trace in the corpus separates them)"
             return text
         if self.closest:
-            return (f"closest known misport: Caffe with {VARIANTS[self.closest].description} (variant {self.closest}: "
-                    f"exact on {self.closest_exact_traces} of {self.failing} failing trace(s); "
+            return (f"closest known misport: Caffe with {_describe(self.closest)} (variant {'+'.join(self.closest)}: "
+                    f"exact on {self.closest_exact_traces} of {n} failing trace(s); "
                     f"distance {self.closest_score:.1f} vs {self.caffe_score:.1f} for Caffe itself)")
-        return "no known misport explains it (harness.ports.variants)"
+        return "no known misport explains it (see harness.ports.variants)"
 
     def to_dict(self) -> dict:
-        return {"text": self.text, "exact": ["+".join(e) for e in self.exact], "closest": self.closest,
-                "closest_exact_traces": self.closest_exact_traces, "closest_score": round(self.closest_score, 3),
-                "caffe_score": round(self.caffe_score, 3), "failing": self.failing}
+        return {"solver": self.solver, "failing": self.failing, "text": self.text,
+                "exact": ["+".join(e) for e in self.exact],
+                "closest": None if self.closest is None else "+".join(self.closest),
+                "closest_exact_traces": self.closest_exact_traces,
+                "closest_score": round(self.closest_score, 3), "caffe_score": round(self.caffe_score, 3)}
+
+
+@dataclass
+class Diagnosis:
+    """Which known misports explain a port's numeric failures, per solver type."""
+
+    groups: list[GroupDiagnosis] = field(default_factory=list)
+
+    @property
+    def failing(self) -> int:
+        return sum(len(g.failing) for g in self.groups)
+
+    @property
+    def exact(self) -> list[tuple[str, ...]]:
+        """Combinations that explain every failing trace of every group (all groups agree)."""
+        if not self.groups:
+            return []
+        common = set(self.groups[0].exact)
+        for g in self.groups[1:]:
+            common &= set(g.exact)
+        return [e for e in self.groups[0].exact if e in common]
+
+    @property
+    def text(self) -> str:
+        if not self.groups:
+            return ""
+        if len(self.groups) == 1:
+            return self.groups[0].text
+        return "; ".join(f"{g.solver}: {g.text}" for g in self.groups)
+
+    def to_dict(self) -> dict:
+        return {"text": self.text, "failing": self.failing, "groups": [g.to_dict() for g in self.groups]}
 
 
 def _score(d: float) -> float:
     return math.log2(1 + d) if math.isfinite(d) else 64.0
 
 
-def diagnose(results: Sequence[TraceResult], *, tolerance: Tolerance | int | None = None, cache: VariantCache | None = None,
-             pairs: bool = True) -> Diagnosis:
+def _applies(ids: tuple[str, ...], trace: Trace) -> bool:
+    return any(VARIANTS[i].applies(trace) for i in ids)
+
+
+def _diagnose_group(solver: str, failing: list[TraceResult], passing: list[TraceResult], tol: int,
+                    cache: VariantCache, pairs: bool) -> GroupDiagnosis:
+    gd = GroupDiagnosis(solver, [r.id for r in failing])
+    base = {r.id: (float(r.max_ulp) if r.max_ulp is not None else math.inf) for r in failing}
+    gd.caffe_score = sum(_score(d) for d in base.values())
+
+    def distances(ids: tuple[str, ...], *, stop_when_inexact: bool = False) -> dict[str, float]:
+        out = {}
+        for r in failing:
+            d = _distance(r.run, cache.run(ids, r.trace)) if _applies(ids, r.trace) else base[r.id]
+            out[r.id] = d
+            if stop_when_inexact and d > tol:
+                break
+        return out
+
+    def agrees_on_passing(ids: tuple[str, ...]) -> bool:
+        return all(_distance(r.run, cache.run(ids, r.trace)) <= tol for r in passing if _applies(ids, r.trace))
+
+    singles = {(v,): distances((v,)) for v in VARIANTS}
+    for r in failing:
+        hits = [ids[0] for ids, ds in singles.items() if ds[r.id] <= tol]
+        if hits:
+            r.diagnosis = "= " + ", ".join(hits)
+        else:
+            ids, ds = min(singles.items(), key=lambda kv: kv[1][r.id])
+            d = ds[r.id]
+            r.diagnosis = f"~ {ids[0]} ({_ulp_text(d)} ulp)" if d < base[r.id] else "?"
+
+    def n_exact(ds: dict[str, float]) -> int:
+        return sum(d <= tol for d in ds.values())
+
+    def rank(item):
+        ids, ds = item
+        return (-n_exact(ds), sum(_score(d) for d in ds.values()), len(ids))
+
+    scored = dict(singles)
+    gd.exact = [ids for ids, ds in singles.items() if n_exact(ds) == len(failing) and agrees_on_passing(ids)]
+    if not gd.exact and pairs:
+        ranked = [ids[0] for ids, _ in sorted(singles.items(), key=rank)]
+        pool = list(dict.fromkeys([v for v in ranked if n_exact(singles[(v,)])] + ranked[:6]))[:8]
+        for i, a in enumerate(pool):
+            for b in pool[i + 1:]:
+                ids = (a, b)
+                ds = distances(ids)
+                scored[ids] = ds
+                if n_exact(ds) == len(failing) and agrees_on_passing(ids):
+                    gd.exact.append(ids)
+        if gd.exact:
+            for r in failing:
+                r.diagnosis = "= " + "+".join(gd.exact[0])
+    if not gd.exact:
+        ids, ds = min(scored.items(), key=rank)
+        score = sum(_score(d) for d in ds.values())
+        if n_exact(ds) or score < gd.caffe_score:
+            gd.closest = ids
+            gd.closest_exact_traces = n_exact(ds)
+            gd.closest_score = score
+            for r in failing:
+                if ds[r.id] <= tol:
+                    r.diagnosis = "= " + "+".join(ids)
+    return gd
+
+
+def diagnose(results: Sequence[TraceResult], *, tolerance: Tolerance | int | None = None,
+             cache: VariantCache | None = None, pairs: bool = True) -> Diagnosis:
     """Name the catalogued misports that reproduce the port's numeric failures.
 
-    Runs the applicable variants (``Variant.applies``) on every numerically
-    failing trace; a variant that matches the port within ``tolerance`` on
-    all of them is confirmed on the passing traces it applies to. When no
-    single variant does, pairs of the most promising ones are tried; failing
-    that, the closest variant is named if it beats Caffe itself.
+    Failing traces are grouped by solver type. In each group the applicable
+    variants (``Variant.applies``) run on every failing trace; a variant
+    that matches the port within the tolerance's ULPs on all of them is
+    confirmed on the group's passing traces. When no single variant does,
+    pairs of the most promising ones are tried; failing that, the closest
+    combination is named if it beats Caffe itself. Each failing result's
+    ``diagnosis`` is set to a short note for the table.
     """
     cache = cache or VariantCache()
     tol = as_tolerance(tolerance).max_ulp  # variants vs. the port: ULPs only
     failing = [r for r in results if r.numeric_failure]
     passing = [r for r in results if r.result == "pass" and r.run is not None]
-    diag = Diagnosis(failing=len(failing))
-    if not failing:
-        return diag
-    dist: dict[str, dict[str, float]] = {}  # variant -> trace id -> distance
-    for r in failing:
-        base = float(r.max_ulp) if r.max_ulp is not None else math.inf
-        diag.caffe_score += _score(base)
-        for v in VARIANTS.values():
-            d = _distance(r.run, cache.run((v.id,), r.trace)) if v.applies(r.trace) else base
-            dist.setdefault(v.id, {})[r.id] = d
-    exact_on = {v: {t for t, d in ds.items() if d <= tol} for v, ds in dist.items()}
-    for r in failing:
-        hits = [v for v in VARIANTS if r.id in exact_on[v]]
-        if hits:
-            r.diagnosis = "= " + ", ".join(hits)
-        else:
-            best = min(VARIANTS, key=lambda v: dist[v][r.id])
-            d = dist[best][r.id]
-            r.diagnosis = f"~ {best} ({_ulp_text(d)} ulp)" if math.isfinite(d) and d < (r.max_ulp or math.inf) else "?"
-        diag.per_trace[r.id] = r.diagnosis
-
-    def agrees_on_passing(ids: tuple[str, ...]) -> bool:
-        for r in passing:
-            if any(VARIANTS[i].applies(r.trace) for i in ids):
-                if _distance(r.run, cache.run(ids, r.trace)) > tol:
-                    return False
-        return True
-
-    all_ids = {r.id for r in failing}
-    singles = [(v,) for v in VARIANTS if exact_on[v] == all_ids]
-    diag.exact = [s for s in singles if agrees_on_passing(s)]
-    if not diag.exact and pairs:
-        ranked = sorted(VARIANTS, key=lambda v: (-len(exact_on[v]), sum(_score(d) for d in dist[v].values())))
-        pool = [v for v in ranked if exact_on[v]][:6] or ranked[:4]
-        for i, a in enumerate(pool):
-            for b in pool[i + 1:]:
-                ids = (a, b)
-                ok = True
-                for r in failing:
-                    if not (VARIANTS[a].applies(r.trace) or VARIANTS[b].applies(r.trace)):
-                        ok = False
-                        break
-                    if _distance(r.run, cache.run(ids, r.trace)) > tol:
-                        ok = False
-                        break
-                if ok and agrees_on_passing(ids):
-                    diag.exact.append(ids)
-    if not diag.exact:
-        scores = {v: sum(_score(d) for d in ds.values()) for v, ds in dist.items()}
-        best = min(VARIANTS, key=lambda v: (-len(exact_on[v]), scores[v]))
-        if exact_on[best] or scores[best] < diag.caffe_score:
-            diag.closest = best
-            diag.closest_exact_traces = len(exact_on[best])
-            diag.closest_score = scores[best]
+    diag = Diagnosis()
+    for solver in dict.fromkeys(r.trace.config.type for r in failing):
+        fg = [r for r in failing if r.trace.config.type == solver]
+        pg = [r for r in passing if r.trace.config.type == solver]
+        diag.groups.append(_diagnose_group(solver, fg, pg, tol, cache, pairs))
     return diag
 
 

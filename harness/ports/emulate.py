@@ -27,7 +27,7 @@ from ..config import SolverConfig, config_refusals, update_refusals
 from . import _f32
 from ._f32 import f32, fma, powf
 
-__all__ = ["FLAGS", "BLAS_BUILDS", "CaffeUpdate", "caffe_rate"]
+__all__ = ["FLAGS", "BLAS_BUILDS", "CaffeUpdate", "caffe_rate", "lambdalr_factor"]
 
 #: Every switch ``CaffeUpdate`` understands (the ids of ``harness.ports.variants.VARIANTS``).
 FLAGS = frozenset(
@@ -54,6 +54,7 @@ FLAGS = frozenset(
         "rates-float64",
         "rates-numpy-float32",
         "rates-float-int-power",
+        "rates-lambdalr",
         "lr-off-by-one",
         "no-fma",
         "fma-everywhere",
@@ -217,6 +218,37 @@ def caffe_rate(config: SolverConfig, iter: int, current_step: int, flags: Iterab
     raise ValueError(f"unknown lr_policy {p!r}")
 
 
+def lambdalr_factor(config: SolverConfig, it: int) -> float:
+    """``rate(it) / base_lr`` as a Python port writes it for ``LambdaLR``: all in double.
+
+    ``gamma ** (it // stepsize)``, ``gamma ** it``, ``(1 + gamma*it) ** -power``,
+    ``gamma ** bisect_right(stepvalue, it)``, ``(1 - it/max_iter) ** power``,
+    ``1 / (1 + exp(-gamma*(it - stepsize)))``.
+    """
+    import bisect
+
+    p = config.lr_policy
+    gamma, power = float(config.gamma), float(config.power)
+    try:
+        if p == "fixed":
+            return 1.0
+        if p == "step":
+            return gamma ** (it // config.stepsize)
+        if p == "exp":
+            return gamma ** it
+        if p == "inv":
+            return (1.0 + gamma * it) ** (-power)
+        if p == "multistep":
+            return gamma ** bisect.bisect_right(list(config.stepvalue), it)
+        if p == "poly":
+            return (1.0 - it / config.max_iter) ** power
+        if p == "sigmoid":
+            return 1.0 / (1.0 + math.exp(-gamma * (it - config.stepsize)))
+    except (ZeroDivisionError, OverflowError, ValueError):
+        return float("nan")
+    raise ValueError(f"unknown lr_policy {p!r}")
+
+
 def _sign(w: np.ndarray, zero_positive: bool) -> np.ndarray:
     """``caffe_sign``: -1, 0 or +1 (NaN gives 0); +1 at zero with ``zero_positive``."""
     s = (w > 0).astype(np.float32) - (w < 0).astype(np.float32)
@@ -288,6 +320,7 @@ class CaffeUpdate:
             self.history = [self._flat(list(history)[s * nb:(s + 1) * nb]) for s in range(slots)]
         self.iter = int(iter)
         self.current_step = int(current_step)
+        self._w_next = None
 
     def _flat(self, arrays) -> np.ndarray:
         if isinstance(arrays, Mapping):
@@ -302,6 +335,12 @@ class CaffeUpdate:
         """One ``ApplyUpdate``; returns ``params``, ``diff``, ``history``, ``lr``, ``current_step`` (copies)."""
         cfg, F, A = self.config, self.flags, self._ops
         rate, self.current_step = caffe_rate(cfg, self.iter, self.current_step, F)
+        local_rate = None
+        if "rates-lambdalr" in F:  # group lr = (base_lr*lr_mult) * factor, in double, rounded once
+            factor = lambdalr_factor(cfg, self.iter + (1 if "lr-off-by-one" in F else 0))
+            rate = f32(float(cfg.base_lr) * factor)
+            mult = np.ones_like(self.lr_mult, dtype=np.float64) if "lr-mult-ignored" in F else self.lr_mult.astype(np.float64)
+            local_rate = (float(cfg.base_lr) * mult * factor).astype(np.float32)
         clipping = cfg.clip_gradients >= 0
         with np.errstate(all="ignore"):
             g = np.zeros_like(self.w)
@@ -315,7 +354,8 @@ class CaffeUpdate:
             g = self._regularize(g)
             if clipping and "clip-includes-weight-decay" in F:
                 g = self._clip(g)
-            local_rate = np.full_like(self.w, rate) if "lr-mult-ignored" in F else rate * self.lr_mult
+            if local_rate is None:
+                local_rate = np.full_like(self.w, rate) if "lr-mult-ignored" in F else rate * self.lr_mult
             old = [h.copy() for h in self.history]
             g = self._update(g, local_rate)
             if "decoupled-weight-decay" in F:
@@ -324,7 +364,10 @@ class CaffeUpdate:
             if "frozen-blobs-skipped" in F and self.frozen.any():
                 g = np.where(self.frozen, np.float32(0), g)
                 self.history = [np.where(self.frozen, h0, h) for h0, h in zip(old, self.history)]
-            self.w = self.w - g
+            if self._w_next is not None:  # the variant updated the weights itself
+                self.w, self._w_next = self._w_next, None
+            else:
+                self.w = self.w - g  # Net::Update: saxpy(-1, diff, data), exact either way
         self.iter += 1
         self.last_flat = {"params": self.w.copy(), "diff": g.copy(), "history": np.concatenate(self.history)}
         return {
@@ -397,14 +440,17 @@ class CaffeUpdate:
             if t == "Nesterov" and "nesterov-pytorch" in F:
                 buf = A.axpby(one, g, mom, h_old)  # buf = mu*buf + g
                 H[0] = buf
-                return A.scal(lr, A.axpy(mom, buf, g))  # lr * (g + mu*buf)
+                step = A.axpy(mom, buf, g)  # g + mu*buf
+                self._w_next = A.axpy(-lr, step, self.w)  # param.add_(step, alpha=-lr)
+                return A.scal(lr, step)
             outside = "lr-outside-history" in F
             h = A.axpby(one if outside else lr, g, mom, h_old)
             H[0] = h
-            if t == "SGD":
-                return A.scal(lr, h) if outside else h.copy()
-            u = A.axpby(f32(one + mom), h, -mom, h_old)
-            return A.scal(lr, u) if outside else u
+            step = h.copy() if t == "SGD" else A.axpby(f32(one + mom), h, -mom, h_old)
+            if outside:  # w = saxpy(-lr, step, w), as torch's param.add_(buf, alpha=-lr)
+                self._w_next = A.axpy(-lr, step, self.w)
+                return A.scal(lr, step)
+            return step
         if t == "AdaGrad":
             h = self._square(g) + H[0]
             H[0] = h
