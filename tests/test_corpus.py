@@ -290,3 +290,18 @@ def test_build_fails_when_caffe_contradicts_the_case(caffe, tmp_path):
     with pytest.raises(InputError, match="expected a run, real Caffe refused at first-update"):
         corpus.build(wrong, "openblas", tmp_path / "wrong", install=caffe)
     assert not (tmp_path / "wrong").exists()
+
+
+@pytest.mark.oracle
+def test_tool_check_exits_1_on_a_changed_golden(caffe, tmp_path):
+    rel = "openblas/sgd-clip-33"
+    shutil.copytree(GOLDEN / rel, tmp_path / rel)
+    cmd = [sys.executable, str(TOOL), "--check", "--quiet", "--golden", str(tmp_path), "--only", rel]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+    assert p.returncode == 0, p.stdout + p.stderr
+    f = next((tmp_path / rel).glob("history.00.*.npy"))
+    raw = bytearray(f.read_bytes())
+    raw[-2] ^= 0x80
+    f.write_bytes(bytes(raw))
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+    assert p.returncode == 1 and f"{rel}/{f.name}: differs" in p.stdout, p.stdout + p.stderr
