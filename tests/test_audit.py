@@ -395,6 +395,28 @@ def test_double_data_and_unpacked_values_are_read(tmp_path):
     assert np.array_equal(lazy["ip"][0].read("data", 0, 2), np.float32([1.5, -2.5]))
 
 
+def test_chunked_compressed_hdf5_is_read_whole_per_blob(tmp_path):
+    import h5py
+
+    src = FIXTURES / "formats" / "hdf5-adam" / "run_iter_2.caffemodel.h5"
+    dst = tmp_path / "run_iter_2.caffemodel.h5"
+    with h5py.File(src, "r") as f, h5py.File(dst, "w") as g:
+        for group in ("data", "diff"):
+            for layer in f[group]:
+                for i in f[group][layer]:
+                    g.create_dataset(f"{group}/{layer}/{i}", data=f[group][layer][i][()], chunks=True,
+                                     compression="gzip")
+    full = read_caffemodel(src)
+    lazy = A.scan_caffemodel(dst)
+    assert [k for k, v in full.items() if v] == list(lazy)
+    for layer, blobs in lazy.items():
+        for b, r in zip(full[layer], blobs):
+            assert isinstance(r.data, A._Loaded)
+            assert np.array_equal(_bits(r.read("data", 0, r.count)), _bits(b.data))
+            assert np.array_equal(_bits(r.read("diff", 1, r.count)), _bits(b.diff)[1:])
+            r.release()
+
+
 # ---------------------------------------------------------------------------
 # bad input
 # ---------------------------------------------------------------------------
