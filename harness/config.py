@@ -111,7 +111,15 @@ class SolverConfig:
     test_iter: tuple[int, ...] = ()
     test_initialization: bool = True
     random_seed: int = -1
-    solver_mode: str = "GPU"
+    #: ``"CPU"``/``"GPU"`` when the solver sets it, ``""`` when unset:
+    #: ``caffe train`` only uses the GPU when the field is set explicitly
+    #: (the proto default GPU is ignored), and the CPU-only build refuses that.
+    solver_mode: str = ""
+    #: the deprecated enum's name (``"ADAM"``) when the solver sets it, else
+    #: ``""``; ``type`` already holds the upgraded type.
+    solver_type: str = ""
+    #: True when the solver sets ``type`` itself (Caffe refuses both set).
+    type_set: bool = False
     net: str = ""
     blobs: tuple[BlobSpec, ...] = ()
     #: where the config came from (a path, or "<log>:LINE"), for messages
@@ -216,7 +224,9 @@ def config_from_proto(param, *, source: str = "", blobs: tuple[BlobSpec, ...] = 
     kw["snapshot_after_train"] = bool(param.snapshot_after_train)
     kw["test_initialization"] = bool(param.test_initialization)
     kw["snapshot_format"] = param.SnapshotFormat.Name(param.snapshot_format)
-    kw["solver_mode"] = param.SolverMode.Name(param.solver_mode)
+    kw["solver_mode"] = param.SolverMode.Name(param.solver_mode) if param.HasField("solver_mode") else ""
+    kw["solver_type"] = param.SolverType.Name(param.solver_type) if param.HasField("solver_type") else ""
+    kw["type_set"] = param.HasField("type")
     kw["net"] = param.net or param.train_net
     return SolverConfig(blobs=tuple(blobs), source=source, **kw)
 
@@ -261,19 +271,10 @@ def start_refusals(param, *, source=None) -> list:
     def refuse(msg, caffe_file):
         out.append(CaffeRefusal(msg, when="start", caffe_file=caffe_file, path=source))
 
-    if param.HasField("solver_type") and param.HasField("type"):
-        refuse(
-            "Check failed: !solver_param->has_solver_type() || !solver_param->has_type() "
-            "Failed to upgrade solver: old solver_type field (enum) and new type field (string) "
-            "cannot be both specified in solver proto text.",
-            "upgrade_proto.cpp",
-        )
-    if param.HasField("solver_mode") and param.solver_mode == param.GPU:
-        refuse("Cannot use GPU in CPU-only Caffe: check mode.", "common.cpp")
-    stype = resolved_type(param)
     cfg = config_from_proto(param, source=source or "")
     solver_checks = config_refusals(cfg)
-    # the registry and Solver::Init's average_loss check come before the nets
+    # proto upgrade, GPU mode, the registry and Solver::Init's average_loss
+    # check come before the nets are built
     out.extend(r for r in solver_checks if r.caffe_file != "sgd_solvers.hpp")
     n_train = sum(int(param.HasField(f)) for f in ("net", "net_param", "train_net", "train_net_param"))
     fields = "net, net_param, train_net, train_net_param"
@@ -312,9 +313,10 @@ def start_refusals(param, *, source=None) -> list:
 def config_refusals(config: SolverConfig) -> list:
     """Start-time refusals that depend on the solver settings alone.
 
-    The solver registry (unknown ``type``), ``Solver::Init``'s
-    ``average_loss`` check and the AdaGrad/RMSProp constructors, in Caffe's
-    order. ``start_refusals`` adds the checks that need the raw proto.
+    In Caffe's order: the ``solver_type`` upgrade, GPU mode on the CPU-only
+    build, the solver registry (unknown ``type``), ``Solver::Init``'s
+    ``average_loss`` check and the AdaGrad/RMSProp constructors.
+    ``start_refusals`` adds the net checks that need the raw proto.
     """
     from .errors import CaffeRefusal
 
@@ -324,6 +326,15 @@ def config_refusals(config: SolverConfig) -> list:
     def refuse(msg, caffe_file):
         out.append(CaffeRefusal(msg, when="start", caffe_file=caffe_file, path=src))
 
+    if config.solver_type and config.type_set:
+        refuse(
+            "Check failed: !solver_param->has_solver_type() || !solver_param->has_type() "
+            "Failed to upgrade solver: old solver_type field (enum) and new type field (string) "
+            "cannot be both specified in solver proto text.",
+            "upgrade_proto.cpp",
+        )
+    if config.solver_mode == "GPU":
+        refuse("Cannot use GPU in CPU-only Caffe: check mode.", "common.cpp")
     stype = config.type
     if stype not in SOLVER_TYPES:
         refuse(
