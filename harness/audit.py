@@ -5,30 +5,33 @@ the ``.caffemodel`` each one names), sorts them by ``iter`` and checks the
 invariants below, each one a row of an :class:`AuditReport`. Any net, any
 snapshot interval, binary protobuf or HDF5.
 
-=====================  =====================================================
-invariant              what must hold (``k`` a snapshot, ``k-1`` the one
-                       before it when the two are consecutive iterations)
-=====================  =====================================================
-``iter-matches-name``  ``iter`` equals the ``N`` of ``<prefix>_iter_N`` in the
-                       state's file name and in its ``learned_net``
-``current-step``       ``current_step`` is what ``GetLearningRate`` leaves
-                       after its call at ``iter-1`` in a fresh run: step
-                       ``(iter-1)/stepsize``, multistep the stepvalues
-                       reached at one advance per call, others 0
-``history-layout``     N history blobs (SGD, Nesterov, AdaGrad, RMSProp) or
-                       2N (AdaDelta, Adam), shaped as the N learnable blobs
-``finite``             no NaN or Inf in any data, diff or history value
-``frozen-data``        blobs with ``lr_mult: 0`` keep their data (any
-                       interval; needs ``--solver``)
-``update-applied``     ``data_k == fl(data_{k-1} - diff_k)`` (``Net::Update``)
-``sgd-diff-is-history``  SGD: ``diff_k == history_k`` (``g = h``)
-``nesterov-step``      Nesterov: ``diff_k == axpby(fl(1+mu), h_k, -mu,
-                       h_{k-1})`` (FMA or not per profile)
-``adam-step``          Adam: ``diff_k`` recomputed from ``m_k``, ``v_k``, the
-                       rate of iteration ``k-1`` and ``correction(t=k)``
-``gradient-witness``   some float32 gradient ``g`` takes the history of
-                       ``k-1`` to that of ``k`` and yields ``diff_k``
-=====================  =====================================================
+=========================  =================================================
+invariant                  what must hold (``k`` a snapshot, ``k-1`` the one
+                           before it when the two are consecutive iterations)
+=========================  =================================================
+``iter-matches-name``      ``iter`` equals the ``N`` of ``<prefix>_iter_N`` in
+                           the state's file name and in its ``learned_net``
+``current-step``           ``current_step`` is what ``GetLearningRate`` leaves
+                           after its call at ``iter-1`` in a fresh run: step
+                           ``(iter-1)/stepsize``, multistep the stepvalues
+                           reached at one advance per call, others 0
+``history-layout``         N history blobs (SGD, Nesterov, AdaGrad, RMSProp)
+                           or 2N (AdaDelta, Adam), shaped as the N learnable
+                           blobs
+``finite``                 no NaN or Inf in any data, diff or history value
+``frozen-data``            blobs with ``lr_mult: 0`` keep their data (any
+                           interval; needs ``--solver``)
+``update-applied``         ``data_k == fl(data_{k-1} - diff_k)``
+                           (``Net::Update``)
+``sgd-diff-is-history``    SGD: ``diff_k == history_k`` (``g = h``)
+``nesterov-step``          Nesterov: ``diff_k == axpby(fl(1+mu), h_k, -mu,
+                           h_{k-1})`` (FMA or not per profile)
+``adam-step``              Adam: ``diff_k`` recomputed from ``m_k``, ``v_k``,
+                           the rate of iteration ``k-1`` and
+                           ``correction(t=k)``
+``gradient-witness``       some float32 gradient ``g`` takes the history of
+                           ``k-1`` to that of ``k`` and yields ``diff_k``
+=========================  =================================================
 
 Every comparison is bit for bit (float32). The *solver-specific* rows need
 ``--solver`` (the snapshots do not record the solver type, the rates or the
@@ -761,10 +764,12 @@ class Snapshot:
 
     @property
     def iter(self) -> int:
+        """The state's ``iter`` (completed updates)."""
         return self.state.iter
 
     @property
     def name_iter(self) -> int | None:
+        """The ``N`` of ``_iter_N`` in the state's file name, or None."""
         return _iter_of_name(self.state_path.name)
 
 
@@ -890,6 +895,7 @@ class AuditReport:
 
     @property
     def ok(self) -> bool:
+        """True when no invariant failed (skipped rows do not fail)."""
         return all(r.status != "fail" for r in self.invariants)
 
     @property
