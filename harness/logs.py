@@ -1211,6 +1211,9 @@ def _plan_segment(A: list):
                     regular = False
                     break
                 columns.append(col)
+            # one column per output: a repeated key would append out of order
+            if regular and len({(c[0], c[1]) for c in columns}) != len(columns):
+                regular = False
         if not regular:
             columns = []
             j = -1

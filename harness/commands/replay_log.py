@@ -419,7 +419,8 @@ def check_log(path, *, solver: str | None = None, runs=None) -> LogCheck:
             _check_clipping(rc, run, cfg, p)
         out.append(rc)
     result = LogCheck(p, solver, out)
-    if result.total_checked == 0 and result.ok:
+    substantive = sum(n for r in out for k, n in r.checked.items() if k != "lr_policy")
+    if substantive == 0 and result.ok:
         raise InputError(p, "nothing to check: no lr, MultiStep, clipping or fatal solver line "
                             "(was the solver's display 0?)")
     return result
