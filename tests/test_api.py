@@ -34,3 +34,16 @@ def test_cli_help_lists_commands(capsys):
     out = capsys.readouterr().out
     for cmd in ("validate", "inspect", "replay", "capture", "golden"):
         assert cmd in out
+
+
+def test_cli_profile_choices_are_the_reference_profiles():
+    """The CLI lists profiles statically (no numba at start-up); they must match."""
+    from harness.cli import build_parser
+    from harness.reference import PROFILES
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    replay_profile = next(a for a in sub.choices["replay"]._actions if a.dest == "profile")
+    assert set(replay_profile.choices) == set(PROFILES)
+    audit_profile = next(a for a in sub.choices["audit"]._actions if a.dest == "profile")
+    assert set(audit_profile.choices) <= set(PROFILES)

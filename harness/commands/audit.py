@@ -28,7 +28,7 @@ def add_parser(sub) -> None:
                    help=".solverstate files, folders of them, or a prefix like snapshots/run")
     p.add_argument("--solver", metavar="SOLVER",
                    help="the solver.prototxt that ran (type, lr policy, lr_mult): enables the solver-specific checks")
-    p.add_argument("--profile", default="caffe-openblas", choices=("caffe-openblas", "separate-rounding"),
+    p.add_argument("--profile", default="caffe-openblas", choices=("caffe-openblas", "separate-rounding", "separate-rounding-atlas"),
                    help="the BLAS arithmetic of the Caffe build that wrote the snapshots (default: caffe-openblas)")
     p.add_argument("--format", choices=("text", "json"), default="text")
     p.add_argument("--max-failures", type=int, default=10, metavar="N",

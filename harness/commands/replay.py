@@ -21,7 +21,7 @@ def add_parser(sub) -> None:
         description=__doc__.split("\n\n")[0],
     )
     p.add_argument("paths", nargs="+", metavar="PATH", help="capture dirs, golden trace dirs, or folders holding them")
-    p.add_argument("--profile", choices=("caffe-openblas", "separate-rounding", "float64"),
+    p.add_argument("--profile", choices=("caffe-openblas", "separate-rounding", "separate-rounding-atlas", "float64"),
                    help="arithmetic profile (default: from each run's recorded BLAS)")
     p.add_argument("--tolerance", metavar="ULP[,ATOL]",
                    help="accept up to ULP units in the last place, or an absolute difference up to ATOL "
