@@ -97,3 +97,11 @@ def test_bad_input_exit_2(args, needle, capsys):
     assert main(args) == 2
     err = capsys.readouterr().err
     assert needle in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_summary_matrix(capsys):
+    assert main(["replay", str(FIX / "caffe-runs-refblas"), "--summary", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == "10 runs: 10 exact, 0 refused as Caffe refused, 0 within tolerance, 0 mismatched"
+    sgd = next(line for line in out.splitlines() if line.startswith("SGD "))
+    assert sgd.split()[-1] == "4/4"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import sys
 
-__all__ = ["add_parser", "run", "format_table"]
+__all__ = ["add_parser", "run", "format_table", "format_matrix"]
 
 
 def add_parser(sub) -> None:
@@ -27,6 +27,8 @@ def add_parser(sub) -> None:
                    help="accept up to ULP units in the last place, or an absolute difference up to ATOL "
                         "(ULP distance means nothing near zero or across a sign change); default: exact bits")
     p.add_argument("--format", choices=("text", "json"), default="text")
+    p.add_argument("--summary", action="store_true",
+                   help="print only the solver x lr_policy matrix and the totals, not a row per run")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -46,6 +48,46 @@ def parse_tolerance(text: str | None):
     except ValueError:
         raise InputError(None, f"--tolerance: expected ULP[,ATOL] with ULP a whole number >= 0, got {text!r}") from None
     return Tolerance(max_ulp=ulp, rtol=0.0, atol=atol)
+
+
+def format_matrix(results) -> str:
+    """Solver type x lr policy: runs that match / runs, per cell; refusals apart."""
+    from ..config import LR_POLICIES, SOLVER_TYPES
+
+    cells: dict[tuple[str, str], list[int]] = {}
+    refused = [0, 0]
+    for r in results:
+        if r.status in ("refused", "refusal-mismatch"):
+            refused[0] += r.ok
+            refused[1] += 1
+            continue
+        c = cells.setdefault((r.type, r.lr_policy), [0, 0])
+        c[0] += r.ok
+        c[1] += 1
+    types = [t for t in SOLVER_TYPES if any(k[0] == t for k in cells)]
+    types += sorted({k[0] for k in cells} - set(types))
+    policies = [p for p in LR_POLICIES if any(k[1] == p for k in cells)]
+    policies += sorted({k[1] for k in cells} - set(policies))
+    head = ["solver"] + policies + ["all"]
+    rows = []
+    for t in types:
+        row = [t]
+        tot = [0, 0]
+        for p in policies:
+            c = cells.get((t, p))
+            row.append(f"{c[0]}/{c[1]}" if c else "-")
+            if c:
+                tot[0] += c[0]
+                tot[1] += c[1]
+        row.append(f"{tot[0]}/{tot[1]}")
+        rows.append(row)
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(head)]
+    lines = ["  ".join(h.rjust(w) if i else h.ljust(w) for i, (h, w) in enumerate(zip(head, widths)))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
+    lines.append(f"(cells: runs matching Caffe bit for bit / runs; refusals: {refused[0]}/{refused[1]} "
+                 f"refused with Caffe's message)")
+    return "\n".join(lines)
 
 
 def format_table(results) -> str:
@@ -82,5 +124,11 @@ def run(args) -> int:
         for r in results:
             if r.status == "mismatch" or r.status == "refusal-mismatch":
                 print(f"{r.path}: {r.message}")
-        print(format_table(results))
+        table = format_table(results)
+        if args.summary:
+            print(table.splitlines()[-1])
+        else:
+            print(table)
+        print()
+        print(format_matrix(results))
     return 0 if all(r.ok for r in results) else 1
