@@ -45,7 +45,7 @@ class Divergence:
     """Where a replay first departs from the expected trace."""
 
     iter: int
-    stage: str  # lr | history | diff | params | current_step | refusal
+    stage: str  # lr | history | history2 | diff | params | current_step | refusal
     blob: str = ""
     index: int | None = None
     expected: object = None
@@ -95,8 +95,9 @@ class RunResult:
 
 
 def _fmt(x) -> str:
+    """Floats as the shortest text that reads back as the same float32."""
     if isinstance(x, (float, np.floating)):
-        return repr(float(np.float32(x))) if np.isfinite(x) else str(float(x))
+        return str(np.float32(x))
     return repr(x)
 
 
@@ -286,7 +287,7 @@ def replay_trace(
         current_step=trace.init_current_step,
     )
     names = cfg.blob_names or tuple(trace.init_params)
-    hist_names = _history_names(names, cfg.history_slots)
+    n = len(names)
     worst = 0.0
     compared = 0
     for it in trace.iterations:
@@ -299,8 +300,13 @@ def replay_trace(
                 res.divergence = Divergence(it.iter, "lr", expected=it.lr, got=float(rec.lr), ulps=u)
                 break
         div = None
+        # history[0:N] is SGD's/Nesterov's momentum, AdaGrad's/RMSProp's
+        # E[g^2], AdaDelta's E[g^2], Adam's m; history[N:2N] ("history2")
+        # AdaDelta's E[dx^2] and Adam's v
+        exp_h = it.history
         for stage, exp, got, labels in (
-            ("history", it.history, rec.history, hist_names),
+            ("history", None if exp_h is None else exp_h[:n], rec.history[:n], names),
+            ("history2", None if exp_h is None or len(exp_h) <= n else exp_h[n:], rec.history[n:], names),
             ("diff", it.diff, rec.diff, names),
             ("params", it.params, rec.params, names),
         ):
@@ -337,12 +343,6 @@ def replay_trace(
     elif worst > 0:
         res.status = "within-tolerance"
     return res
-
-
-def _history_names(names, slots: int) -> list[str]:
-    if slots == 1:
-        return [f"history[{n}]" for n in names]
-    return [f"history[{n}]" for n in names] + [f"history2[{n}]" for n in names]
 
 
 def replay(
