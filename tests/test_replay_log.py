@@ -354,3 +354,36 @@ def test_plot_without_matplotlib_names_the_extra(tmp_path, capsys, monkeypatch):
     assert code == 2
     assert err == "caffe-harness: error: --plot needs matplotlib: pip install 'caffe-harness[plot]'\n"
     assert not (tmp_path / "p.png").exists()
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_sparse_schedule_equals_the_dense_one(seed):
+    """schedule_at (any iterations, no dense array) gives the bits of
+    lr_schedule/current_steps over every iteration from the start."""
+    import numpy as np
+
+    from harness.commands.replay_log import schedule_at
+    from harness.config import SolverConfig
+    from harness.lr import current_steps, lr_schedule
+
+    rng = np.random.default_rng(seed)
+    policy = ["multistep", "multistep", "step", "inv", "exp", "poly", "sigmoid", "fixed"][seed % 8]
+    sv = tuple(sorted(int(x) for x in rng.integers(0, 60, size=int(rng.integers(0, 6)))))
+    if seed % 3 == 0 and sv:
+        sv = sv + (sv[-1],)  # a repeated stepvalue: advances one call later
+    cfg = SolverConfig(base_lr=0.1, lr_policy=policy, gamma=0.5 if policy != "exp" else 0.99, power=0.75,
+                       stepsize=7, stepvalue=sv, max_iter=200)
+    start = int(rng.integers(0, 30))
+    cs0 = int(current_steps(cfg, start)[-1]) if (policy == "multistep" and start) else 0
+    dense_it = np.arange(start, 120)
+    dense = lr_schedule(cfg, dense_it, current_step=cs0)
+    dense_cs = current_steps(cfg, dense_it, current_step=cs0)
+    its = np.sort(rng.choice(dense_it, size=25, replace=False))
+    rates, steps, advances = schedule_at(cfg, its, start, cs0)
+    assert rates.view(np.uint32).tolist() == dense[its - start].view(np.uint32).tolist()
+    if policy in ("multistep", "step"):
+        assert steps.tolist() == dense_cs[its - start].tolist()
+    if policy == "multistep":
+        before = np.concatenate([[cs0], dense_cs[:-1]])
+        want = {int(i): int(s) for i, s in zip(dense_it, dense_cs) if s != before[i - start]}
+        assert {k: v for k, v in advances.items() if k < 120} == want

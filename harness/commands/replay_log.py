@@ -35,7 +35,7 @@ import numpy as np
 
 from ..errors import CaffeRefusal, HarnessError, InputError
 
-__all__ = ["add_parser", "run", "check_log", "Disagreement", "RunCheck", "LogCheck", "write_csv", "write_plot"]
+__all__ = ["add_parser", "run", "check_log", "schedule_at", "Disagreement", "RunCheck", "LogCheck", "write_csv", "write_plot"]
 
 
 def add_parser(sub) -> None:
@@ -251,9 +251,48 @@ def _check_refusal(rc: RunCheck, run, refusal: CaffeRefusal | None, p: str) -> b
     return True
 
 
-def _check_lr(rc: RunCheck, run, cfg, start: int, cs0: int, p: str) -> None:
-    from ..lr import current_steps, lr_schedule
+def schedule_at(cfg, its, start: int = 0, current_step: int = 0):
+    """The reference rates at iterations ``its`` of a run whose calls go
+    ``start, start+1, ...`` from ``current_step`` (Caffe calls
+    ``GetLearningRate`` every iteration, logged or not).
 
+    Returns ``(rates float32, current_step after each call, advances)``;
+    ``advances`` maps each iteration where multistep's ``current_step``
+    advances to its new value (one advance per call at most: the k-th comes
+    at ``max(stepvalue[k], previous advance + 1)``). Needs no array over the
+    whole iteration range.
+    """
+    from ..lr import learning_rate, lr_schedule
+
+    its = np.asarray(its, dtype=np.int64)
+    if cfg.lr_policy != "multistep":
+        rates = lr_schedule(cfg, its, current_step=current_step) if its.size else np.zeros(0, np.float32)
+        if cfg.lr_policy == "step" and cfg.stepsize > 0:
+            steps = its // int(cfg.stepsize)
+        else:
+            steps = np.full(its.shape, current_step, dtype=np.int64)
+        return rates, steps, {}
+    sv = [int(v) for v in cfg.stepvalue]
+    t = []
+    prev = start - 1
+    for k in range(max(current_step, 0), len(sv)):
+        prev = max(sv[k], prev + 1)
+        t.append(prev)
+    t_arr = np.asarray(t, dtype=np.int64)
+    after = current_step + np.searchsorted(t_arr, its, side="right")
+    rates = np.empty(its.shape, dtype=np.float32)
+    for cs in np.unique(after):
+        group = np.flatnonzero(after == cs)
+        n = int(its[group[0]])
+        before = current_step + int(np.searchsorted(t_arr, n, side="left"))
+        rate, got = learning_rate(cfg, n, before)
+        assert got == cs, (n, before, got, cs)
+        rates[group] = rate
+    advances = {int(tk): current_step + k + 1 for k, tk in enumerate(t)}
+    return rates, after.astype(np.int64), advances
+
+
+def _check_lr(rc: RunCheck, run, cfg, start: int, cs0: int, p: str) -> None:
     its = np.frombuffer(run.lr.iter, dtype=np.int64) if len(run.lr) else np.zeros(0, np.int64)
     ms_its = np.frombuffer(run.multistep.iter, dtype=np.int64) if len(run.multistep) else np.zeros(0, np.int64)
     rc.checked["lr"] = int(its.size)
@@ -269,15 +308,13 @@ def _check_lr(rc: RunCheck, run, cfg, start: int, cs0: int, p: str) -> None:
             k = int(bad[0])
             rc.add(Disagreement(p, series.line[k], kind,
                                 f"iteration {int(arr[k])} is before the run's first iteration {lo} ({rc.start})"))
-    rates = lr_schedule(cfg, np.arange(lo, hi + 1, dtype=np.int64), current_step=cs0)
-    steps = current_steps(cfg, np.arange(lo, hi + 1, dtype=np.int64), current_step=cs0)
     ok_idx = its >= lo
+    rates, steps, advances = schedule_at(cfg, np.where(ok_idx, its, lo), lo, cs0)
     if its.size:
         vals = np.frombuffer(run.lr.value, dtype=np.float64)
-        exp = rates[np.where(ok_idx, its - lo, 0)]
         # compare at print precision; the schedule is piecewise constant, so
         # format each distinct (expected, logged) pair once
-        key = np.stack([exp.astype(np.float64).view(np.int64), vals.view(np.int64)], axis=1)
+        key = np.stack([rates.astype(np.float64).view(np.int64), vals.view(np.int64)], axis=1)
         uniq, inv = np.unique(key, axis=0, return_inverse=True)
         agree_u = np.array([
             _same_print(np.int64(e).view(np.float64), np.int64(v).view(np.float64)) for e, v in uniq
@@ -286,42 +323,37 @@ def _check_lr(rc: RunCheck, run, cfg, start: int, cs0: int, p: str) -> None:
         bad = np.flatnonzero(~agree)
         if bad.size:
             k = int(bad[0])
-            it = int(its[k])
-            cs = int(steps[it - lo])
-            extra = f", current_step {cs}" if cfg.lr_policy in ("multistep", "step") else ""
+            extra = f", current_step {int(steps[k])}" if cfg.lr_policy in ("multistep", "step") else ""
             rc.add(Disagreement(
                 p, run.lr.line[k], "lr",
-                f"Iteration {it}, lr = {_lr_text(vals[k])} but the reference gives {_lr_text(exp[k])} "
+                f"Iteration {int(its[k])}, lr = {_lr_text(vals[k])} but the reference gives {_lr_text(rates[k])} "
                 f"({cfg.lr_policy}{extra}; {int(bad.size)} of {its.size} lr lines disagree)",
             ))
             rc.disagreements += int(bad.size) - 1
     # MultiStep Status: one line per advance of current_step, at its iteration
-    before = np.concatenate([[cs0], steps[:-1]])
-    adv = np.flatnonzero(steps != before) + lo
     if cfg.lr_policy != "multistep":
         if ms_its.size:
             rc.add(Disagreement(p, run.multistep.line[0], "multistep",
                                 f"a MultiStep Status line, but lr_policy is {cfg.lr_policy!r}"))
         return
     logged = {int(i): (int(s), int(ln)) for i, s, ln in zip(run.multistep.iter, run.multistep.value, run.multistep.line)}
-    expected = {int(i): int(steps[i - lo]) for i in adv}
+    expected = {it: step for it, step in advances.items() if lo <= it <= hi}
     for it, (step, ln) in sorted(logged.items()):
         if it < lo:
             continue
         if it not in expected:
+            stays = int(schedule_at(cfg, [it], lo, cs0)[1][0])
             rc.add(Disagreement(p, ln, "multistep",
                                 f"MultiStep Status: Iteration {it}, step = {step} but the reference does not advance "
-                                f"at iteration {it} (current_step stays {int(steps[it - lo])}; stepvalue "
-                                f"{list(cfg.stepvalue)})"))
+                                f"at iteration {it} (current_step stays {stays}; stepvalue {list(cfg.stepvalue)})"))
         elif expected[it] != step:
             rc.add(Disagreement(p, ln, "multistep",
                                 f"MultiStep Status: Iteration {it}, step = {step} but the reference gives step = "
                                 f"{expected[it]}"))
     # an advance inside the logged range must have its line (it is printed whatever display is)
-    last_seen = hi
     lr_line_of = dict(zip(run.lr.iter, run.lr.line))
     for it, step in sorted(expected.items()):
-        if it > last_seen or it in logged:
+        if it in logged:
             continue
         ln = lr_line_of.get(it)
         if ln is None:
