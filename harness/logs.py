@@ -1171,21 +1171,27 @@ def _plan_segment(A: list):
     rests = [t[1] for t in A]
     d_idx = [i for i, r in enumerate(rests) if not r]
     nd = len(d_idx)
-    # display lines: "N (P iter/s, Ts/D iters), loss = L" or "N, loss = L"
-    iters = array("q")
-    short = []
-    loss_txt = []
-    for i in d_idx:
-        text = A[i][0]
-        head, _, loss = text.rpartition(b" = ")
-        loss_txt.append(loss)
-        sp = text.find(b" ")
-        if text[sp - 1 : sp] == b",":
-            iters.append(int(text[: sp - 1]))
-            short.append(True)
-        else:
-            iters.append(int(text[:sp]))
-            short.append(False)
+    # display lines: "N (P iter/s, Ts/D iters), loss = L" (8 words) or
+    # "N, loss = L" (4 words, the last line of a run)
+    texts = [A[i][0] for i in d_idx]
+    toks = b" ".join(texts).split(b" ") if texts else []
+    if len(toks) == 8 * nd:
+        iters = array("q", map(int, toks[0::8]))
+        loss_txt = toks[7::8]
+        short = [False] * nd
+    else:
+        iters = array("q")
+        short = []
+        loss_txt = []
+        for text in texts:
+            loss_txt.append(text.rpartition(b" = ")[2])
+            sp = text.find(b" ")
+            if text[sp - 1 : sp] == b",":
+                iters.append(int(text[: sp - 1]))
+                short.append(True)
+            else:
+                iters.append(int(text[:sp]))
+                short.append(False)
     losses = _floats(loss_txt)
     if losses is _BAD_NUM or (iters and max(iters) > 2**31 - 1):
         return None
