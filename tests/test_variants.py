@@ -266,3 +266,9 @@ def test_pairs_are_found_when_no_single_variant_explains(corpus, cache):
     results = [evaluate(tid, t, cache.run(("lr-outside-history", "rates-lambdalr"), t)) for tid, t in sgd]
     diag = diagnose(results, cache=cache)
     assert diag.exact == [("lr-outside-history", "rates-lambdalr")], diag.text
+
+
+def test_catalogue_is_documented():
+    doc = (ROOT / "docs" / "PORTS.md").read_text()
+    for v in VARIANTS.values():
+        assert f"| `{v.id}` | {v.description} | {v.reference} |" in doc, v.id

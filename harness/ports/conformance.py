@@ -620,8 +620,8 @@ def _diagnose_group(solver: str, failing: list[TraceResult], passing: list[Trace
         if gd.exact:
             for r in failing:
                 r.diagnosis = "= " + "+".join(gd.exact[0])
-    if not gd.exact:
-        ids, ds = min(scored.items(), key=rank)
+    if not gd.exact:  # the closest: most traces exact, then the fewest variants, then the smallest distance
+        ids, ds = min(scored.items(), key=lambda kv: (-n_exact(kv[1]), len(kv[0]), sum(_score(d) for d in kv[1].values())))
         score = sum(_score(d) for d in ds.values())
         if n_exact(ds) or score < gd.caffe_score:
             gd.closest = ids

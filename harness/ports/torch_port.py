@@ -18,7 +18,8 @@ writes the table to ``docs/TORCH_CONFORMANCE.md``):
 
 It declares unsupported what torch.optim cannot express: L1
 regularization, Nesterov without momentum, resuming SGD/Nesterov from a
-Caffe history (torch keeps ``v`` where Caffe keeps ``lr*v``). torch is
+Caffe history (torch keeps ``v`` where Caffe keeps ``lr*v``), and settings
+torch.optim rejects (a negative learning rate, ``alpha < 0``). torch is
 imported only when the port is made (``pip install caffe-harness[torch]``).
 """
 
@@ -94,6 +95,14 @@ class TorchPort:
         for b, t in zip(config.blobs, self.tensors):
             groups.append({"params": [t], "lr": config.base_lr * b.lr_mult,
                            "weight_decay": config.weight_decay * b.decay_mult})
+        try:
+            self._make_optimizer(config, groups, history, iter)
+        except ValueError as e:  # torch.optim validates its arguments (negative lr, alpha < 0, ...)
+            raise Unsupported(f"torch.optim rejects these settings: {e}") from None
+        self.iter = iter
+
+    def _make_optimizer(self, config, groups, history, iter) -> None:
+        torch = self._torch
         opt = torch.optim
         t = config.type
         if t in ("SGD", "Nesterov"):
@@ -112,7 +121,6 @@ class TorchPort:
         for g in self.opt.param_groups:
             g["initial_lr"] = g["lr"]
         self.sched = opt.lr_scheduler.LambdaLR(self.opt, lambda it: lr_factor(config, it), last_epoch=iter - 1)
-        self.iter = iter
 
     def _load_history(self, history: Sequence[np.ndarray], iter: int) -> None:
         torch = self._torch
