@@ -203,7 +203,8 @@ def test_inputs_layout(tmp_path, sgd_step):
     txt = dict(line.split(" ", 1) for line in (tmp_path / "manifest.txt").read_text().splitlines())
     assert txt["type"] == "SGD" and txt["lr_policy"] == "step" and txt["blobs"] == "5"
     assert np.float32(float(txt["base_lr"])) == np.float32(sgd_step.config.base_lr)
-    assert txt["stepvalue"] == "0"
+    assert txt["stepvalue"] == "0" and txt["average_loss"] == "1" and txt["solver_mode"] == "CPU"
+    assert txt["solver_type"] == "-" and txt["type_set"] == "1"
     assert (tmp_path / "out").is_dir() and json.loads((tmp_path / "solver.json").read_text())["type"] == "SGD"
 
 
@@ -306,6 +307,18 @@ def test_c_port_is_bit_exact_on_every_sgd_capture(c_port):
     assert by["sgd-sigmoid-gamma-negative"].result == "refused-ok"
     assert by["sgd-sigmoid-gamma-negative"].message == "refused: Check failed: this->param_.gamma() >= 0 (-0.5 vs. 0)"
     assert by["adam-sigmoid-gamma-negative"].result == "refused-ok"
+
+
+def test_c_port_is_bit_exact_on_the_golden_corpus(c_port):
+    corpus = [(tid, t) for tid, t in load_corpus([ROOT / "golden"]) if t.config.type == "SGD" or t.refusal is not None]
+    report = check(load_port(f"cmd:{c_port}"), corpus, diagnose_failures=False)
+    assert report.ok, [(r.id, r.message) for r in report.results if r.failed]
+    counts = report.counts()
+    assert counts["pass"] >= 100 and counts["FAIL"] == counts["ERROR"] == 0, counts
+    by = {r.id: r for r in report.results}
+    assert by["average-loss0"].message == ("refused: Check failed: param_.average_loss() >= 1 (0 vs. 1) "
+                                           "average_loss should be non-negative.")
+    assert by["gpu-mode"].message == "refused: Cannot use GPU in CPU-only Caffe: check mode."
 
 
 # ---------------------------------------------------------------------------

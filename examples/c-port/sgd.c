@@ -30,9 +30,9 @@
 enum { ZERO_MULTIPLY, ZERO_FILL_NAN };
 
 static struct {
-    char type[32], lr_policy[32], blas[32], reg[32];
+    char type[32], lr_policy[32], blas[32], reg[32], solver_mode[32], solver_type[32];
     float base_lr, gamma, power, momentum, weight_decay, clip;
-    int stepsize, max_iter, iter_size, start_iter, start_cs, start_history, iterations;
+    int stepsize, max_iter, iter_size, start_iter, start_cs, start_history, iterations, average_loss, type_set;
     int nsv, sv[MAXSV];
     int nb;
     long count[MAXB];
@@ -90,6 +90,10 @@ static void read_manifest(void) {
         else if (!strcmp(key, "lr_policy")) sscanf(v, "%31s", M.lr_policy);
         else if (!strcmp(key, "blas")) sscanf(v, "%31s", M.blas);
         else if (!strcmp(key, "regularization_type")) sscanf(v, "%31s", M.reg);
+        else if (!strcmp(key, "solver_mode")) sscanf(v, "%31s", M.solver_mode);
+        else if (!strcmp(key, "solver_type")) sscanf(v, "%31s", M.solver_type);
+        else if (!strcmp(key, "average_loss")) M.average_loss = atoi(v);
+        else if (!strcmp(key, "type_set")) M.type_set = atoi(v);
         else if (!strcmp(key, "base_lr")) M.base_lr = strtof(v, NULL);
         else if (!strcmp(key, "gamma")) M.gamma = strtof(v, NULL);
         else if (!strcmp(key, "power")) M.power = strtof(v, NULL);
@@ -221,8 +225,22 @@ int main(int argc, char **argv) {
     if (argc != 2) { fprintf(stderr, "usage: sgd DIR (run by caffe-harness check --port cmd:...)\n"); return 2; }
     dir = argv[1];
     read_manifest();
+    /* Caffe's start-time checks, in its order (the solver registry's is "unsupported" here) */
+    if (strcmp(M.solver_type, "-") && M.type_set) {
+        status("refused %s\n", "Check failed: !solver_param->has_solver_type() || !solver_param->has_type() "
+               "Failed to upgrade solver: old solver_type field (enum) and new type field (string) "
+               "cannot be both specified in solver proto text.");
+        return 0;
+    }
+    if (!strcmp(M.solver_mode, "GPU")) { status("refused %s\n", "Cannot use GPU in CPU-only Caffe: check mode."); return 0; }
     if (strcmp(M.type, "SGD")) {
         status("unsupported this C port implements only the SGD solver, not %s\n", M.type);
+        return 0;
+    }
+    if (M.average_loss < 1) {
+        snprintf(msg, sizeof msg, "Check failed: param_.average_loss() >= 1 (%d vs. 1) average_loss should be non-negative.",
+                 M.average_loss);
+        status("refused %s\n", msg);
         return 0;
     }
     if (refusal(msg, sizeof msg)) { status("refused %s\n", msg); return 0; }

@@ -70,6 +70,10 @@ def _sdot_kernels():
     OpenBLAS order is a sequential FMA chain per lane).
     """
     try:
+        import numba
+
+        if numba.config.DISABLE_JIT:  # the kernels would run as Python loops: the numpy twins are faster
+            raise ImportError("numba JIT disabled")
         from ..kernels import update as k
 
         def wrap(f):
