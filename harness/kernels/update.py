@@ -2,7 +2,12 @@
 
 numba only (no I/O, no protobuf, no printing), and self-contained: numba's
 on-disk cache only notices changes to the file a function lives in, so the
-libm helpers below are repeated (not imported) in ``lr_policy.py``.
+libm helpers below are repeated (not imported) in ``lr_policy.py``. The
+snapshot checks of ``kernels/audit.py`` do import ``fma``, ``powf`` and the
+BLAS ops ``scal``, ``axpy``, ``axpby`` from here, and pin this file's
+SHA-256 for that reason: after editing this file, update the pin there
+(``tests/test_audit.py`` prints the new value; until then those checks
+compile afresh in every process instead of using a stale cache).
 
 One jit convention (``_jit``): ``cache=True``, explicit signatures for
 float32 and float64 C-contiguous 1-D arrays, ``error_model="numpy"`` (a float
@@ -75,6 +80,9 @@ __all__ = [
     "fma",
     "powf",
     "expf",
+    "scal",
+    "axpy",
+    "axpby",
     "sgd_update",
     "nesterov_update",
     "adagrad_update",
@@ -251,11 +259,15 @@ _inline = numba.njit(cache=True, error_model="numpy", nogil=True)
 
 
 @_inline
-def _scal(alpha, y, zero_fill):
+def scal(alpha, y, zero_fill):
     """One element of ``sscal(alpha, y)`` as the profile's BLAS does it.
 
-    ``np.float32(0)`` unifies with float64 in a float64 kernel, so this is
-    +0 in either precision.
+    ``alpha*y`` in the array's precision (one rounding), except: ``alpha ==
+    1`` returns ``y`` untouched (every BLAS short-cuts it), and with
+    ``zero_fill`` ``SCAL_ZERO_FILL`` (``alpha == 0``) or
+    ``SCAL_ZERO_FILL_NAN`` (``alpha == 0`` or NaN) it returns +0 whatever
+    ``y`` is. ``np.float32(0)`` unifies with float64 in a float64 kernel, so
+    this is +0 in either precision.
     """
     if alpha == 1:
         return y
@@ -265,8 +277,13 @@ def _scal(alpha, y, zero_fill):
 
 
 @_inline
-def _axpy(alpha, x, y, fused):
-    """One element of ``saxpy(alpha, x, y)``: ``y + alpha*x``, a no-op when alpha is 0."""
+def axpy(alpha, x, y, fused):
+    """One element of ``saxpy(alpha, x, y)``.
+
+    ``fma(alpha, x, y)`` when ``fused`` (OpenBLAS), else
+    ``fl(y + fl(alpha*x))``; ``alpha == 0`` returns ``y`` untouched (NaN or
+    Inf in ``x`` do not reach it).
+    """
     if alpha == 0:
         return y
     if fused:
@@ -275,18 +292,21 @@ def _axpy(alpha, x, y, fused):
 
 
 @_inline
-def _axpby(alpha, x, beta, y, fused, zero_fill):
-    """One element of ``caffe_cpu_axpby``: ``sscal(beta, y)`` then ``saxpy(alpha, x, y)``."""
-    return _axpy(alpha, x, _scal(beta, y, zero_fill), fused)
+def axpby(alpha, x, beta, y, fused, zero_fill):
+    """One element of Caffe's non-MKL ``caffe_cpu_axpby``: ``axpy(alpha, x, scal(beta, y))``.
+
+    ``fma(alpha, x, fl(beta*y))`` when fused, with both BLAS short-cuts.
+    """
+    return axpy(alpha, x, scal(beta, y, zero_fill), fused)
 
 
 @_inline
 def _prologue(w, g, clip_scale, norm, reg, local_decay, fused, zero_fill):
     """Clip scaling, Normalize and Regularize of one diff element (module docstring)."""
-    g = _scal(clip_scale, g, zero_fill)
-    g = _scal(norm, g, zero_fill)
+    g = scal(clip_scale, g, zero_fill)
+    g = scal(norm, g, zero_fill)
     if reg == REG_L2:
-        g = _axpy(local_decay, w, g, fused)
+        g = axpy(local_decay, w, g, fused)
     elif reg == REG_L1:
         if w > 0:
             s = np.float32(1)
@@ -294,7 +314,7 @@ def _prologue(w, g, clip_scale, norm, reg, local_decay, fused, zero_fill):
             s = np.float32(-1)
         else:
             s = np.float32(0)
-        g = _axpy(local_decay, s, g, fused)
+        g = axpy(local_decay, s, g, fused)
     return g
 
 
@@ -318,7 +338,7 @@ def sgd_update(w, g, h, clip_scale, norm, reg, local_decay, local_rate, momentum
     """
     for i in range(w.size):
         gi = _prologue(w[i], g[i], clip_scale, norm, reg, local_decay, fused, zero_fill)
-        hi = _axpby(local_rate, gi, momentum, h[i], fused, zero_fill)
+        hi = axpby(local_rate, gi, momentum, h[i], fused, zero_fill)
         h[i] = hi
         g[i] = hi
         w[i] = w[i] - hi
@@ -341,9 +361,9 @@ def nesterov_update(w, g, h, clip_scale, norm, reg, local_decay, local_rate, mom
     for i in range(w.size):
         gi = _prologue(w[i], g[i], clip_scale, norm, reg, local_decay, fused, zero_fill)
         old = h[i]
-        hi = _axpby(local_rate, gi, momentum, old, fused, zero_fill)
+        hi = axpby(local_rate, gi, momentum, old, fused, zero_fill)
         h[i] = hi
-        u = _axpby(one_plus_momentum, hi, neg_momentum, old, fused, zero_fill)
+        u = axpby(one_plus_momentum, hi, neg_momentum, old, fused, zero_fill)
         g[i] = u
         w[i] = w[i] - u
 
@@ -368,7 +388,7 @@ def adagrad_update(w, g, h, clip_scale, norm, reg, local_decay, local_rate, delt
         h[i] = hi
         u = powf(hi, np.float32(0.5)) + delta
         u = gi / u
-        gi = _axpby(local_rate, u, np.float32(0), gi, fused, zero_fill)
+        gi = axpby(local_rate, u, np.float32(0), gi, fused, zero_fill)
         g[i] = gi
         w[i] = w[i] - gi
 
@@ -389,11 +409,11 @@ def rmsprop_update(w, g, h, clip_scale, norm, reg, local_decay, local_rate, rms_
     for i in range(w.size):
         gi = _prologue(w[i], g[i], clip_scale, norm, reg, local_decay, fused, zero_fill)
         u = powf(gi, np.float32(2))
-        hi = _axpby(one_minus_rms_decay, u, rms_decay, h[i], fused, zero_fill)
+        hi = axpby(one_minus_rms_decay, u, rms_decay, h[i], fused, zero_fill)
         h[i] = hi
         u = powf(hi, np.float32(0.5)) + delta
         u = gi / u
-        gi = _axpby(local_rate, u, np.float32(0), gi, fused, zero_fill)
+        gi = axpby(local_rate, u, np.float32(0), gi, fused, zero_fill)
         g[i] = gi
         w[i] = w[i] - gi
 
@@ -418,14 +438,14 @@ def adadelta_update(w, g, h, h2, clip_scale, norm, reg, local_decay, local_rate,
     for i in range(w.size):
         gi = _prologue(w[i], g[i], clip_scale, norm, reg, local_decay, fused, zero_fill)
         u = powf(gi, np.float32(2))
-        hi = _axpby(one_minus_momentum, u, momentum, h[i], fused, zero_fill)
+        hi = axpby(one_minus_momentum, u, momentum, h[i], fused, zero_fill)
         h[i] = hi
         u = (delta + h2[i]) / (delta + hi)
         u = powf(u, np.float32(0.5))
         gi = gi * u
         u = powf(gi, np.float32(2))
-        h2[i] = _axpby(one_minus_momentum, u, momentum, h2[i], fused, zero_fill)
-        gi = _scal(local_rate, gi, zero_fill)
+        h2[i] = axpby(one_minus_momentum, u, momentum, h2[i], fused, zero_fill)
+        gi = scal(local_rate, gi, zero_fill)
         g[i] = gi
         w[i] = w[i] - gi
 
@@ -450,12 +470,12 @@ def adam_update(w, g, m, v, clip_scale, norm, reg, local_decay, rate_correction,
     """
     for i in range(w.size):
         gi = _prologue(w[i], g[i], clip_scale, norm, reg, local_decay, fused, zero_fill)
-        mi = _axpby(one_minus_beta1, gi, beta1, m[i], fused, zero_fill)
+        mi = axpby(one_minus_beta1, gi, beta1, m[i], fused, zero_fill)
         m[i] = mi
-        vi = _axpby(one_minus_beta2, gi * gi, beta2, v[i], fused, zero_fill)
+        vi = axpby(one_minus_beta2, gi * gi, beta2, v[i], fused, zero_fill)
         v[i] = vi
         t = mi / (powf(vi, np.float32(0.5)) + eps_hat)
-        gi = _scal(rate_correction, t, zero_fill)
+        gi = scal(rate_correction, t, zero_fill)
         g[i] = gi
         w[i] = w[i] - gi
 
