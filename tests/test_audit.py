@@ -7,8 +7,8 @@
 - the gradient witness finds a gradient for every element the reference
   kernels produce (zeros, subnormals, huge values, lr 0) and finds none for
   most altered histories;
-- the lazy wire-format index reads the same values as ``harness.io.blobs``
-  (binary, HDF5, V1 legacy), and chunking does not change a report;
+- chunking does not change a report (the streaming readers themselves are
+  tested in ``test_io_blobs.py``);
 - bad input (corrupt files, another net, duplicate iterations) is one
   ``InputError`` line, exit 2.
 """
@@ -312,54 +312,8 @@ def test_witness_rejects_altered_histories(typ):
 
 
 # ---------------------------------------------------------------------------
-# the lazy index reads what harness.io.blobs reads
+# streaming
 # ---------------------------------------------------------------------------
-
-MODELS = [
-    FIXTURES / "caffe-runs" / "adam-exp" / "snapshots" / "run_iter_3.caffemodel",
-    FIXTURES / "caffe-runs" / "adam-exp" / "init.caffemodel",
-    FIXTURES / "formats" / "hdf5-adam" / "run_iter_2.caffemodel.h5",
-    FIXTURES / "formats" / "hdf5-sgd-nodiff" / "run_iter_1.caffemodel.h5",
-    FIXTURES / "formats" / "v1" / "legacy.caffemodel",
-    FIXTURES / "formats" / "v1" / "legacy.upgraded.caffemodel",
-]
-STATES = [
-    FIXTURES / "caffe-runs" / "adadelta-exp" / "snapshots" / "run_iter_5.solverstate",
-    FIXTURES / "formats" / "hdf5-adam" / "run_iter_2.solverstate.h5",
-    FIXTURES / "formats" / "hdf5-sgd-nodiff" / "run_iter_1.solverstate.h5",
-]
-
-
-def _bits(a):
-    return None if a is None else np.asarray(a, np.float32).reshape(-1).view(np.uint32)
-
-
-@pytest.mark.parametrize("path", MODELS, ids=lambda p: f"{p.parent.name}/{p.name}")
-def test_scan_caffemodel_reads_the_same_values(path):
-    full = read_caffemodel(path)
-    lazy = A.scan_caffemodel(path)
-    assert list(full) == list(lazy)
-    for layer, blobs in full.items():
-        assert len(blobs) == len(lazy[layer])
-        for b, r in zip(blobs, lazy[layer]):
-            assert b.shape == r.shape
-            for which in ("data", "diff"):
-                want = getattr(b, which)
-                assert (getattr(r, which) is None) == (want is None)
-                if want is not None:
-                    got = np.concatenate([r.read(which, a, min(a + 4, r.count)) for a in range(0, r.count, 4)])
-                    assert np.array_equal(_bits(got), _bits(want))
-
-
-@pytest.mark.parametrize("path", STATES, ids=lambda p: f"{p.parent.name}/{p.name}")
-def test_scan_solverstate_reads_the_same_values(path):
-    full = read_solverstate(path)
-    lazy = A.scan_solverstate(path)
-    assert (lazy.iter, lazy.current_step, lazy.learned_net) == (full.iter, full.current_step, full.learned_net)
-    assert len(lazy.history) == len(full.history)
-    for h, r in zip(full.history, lazy.history):
-        assert r.shape == h.shape
-        assert np.array_equal(_bits(r.read("data", 0, r.count)), _bits(h))
 
 
 def test_chunking_does_not_change_the_report():
@@ -367,54 +321,6 @@ def test_chunking_does_not_change_the_report():
     a = A.audit([run / "snapshots"], solver=run / "solver.prototxt")
     b = A.audit([run / "snapshots"], solver=run / "solver.prototxt", chunk=3)
     assert a.to_dict() == b.to_dict()
-
-
-def test_double_data_and_unpacked_values_are_read(tmp_path):
-    from harness.proto import caffe_pb2
-
-    net = caffe_pb2.NetParameter()
-    layer = net.layer.add()
-    layer.name = "ip"
-    b = layer.blobs.add()
-    b.shape.dim.extend([2, 3])
-    b.double_data.extend([0.1, 0.2, 0.3, 0.4, 0.5, 0.6])
-    b2 = layer.blobs.add()
-    b2.shape.dim.extend([2])
-    b2.data.extend([1.5, -2.5])
-    raw = bytearray(net.SerializeToString())
-    path = tmp_path / "x.caffemodel"
-    path.write_bytes(bytes(raw))
-    lazy = A.scan_caffemodel(path)
-    assert np.array_equal(_bits(lazy["ip"][0].read("data", 0, 6)), _bits(np.float64([0.1, 0.2, 0.3, 0.4, 0.5, 0.6])))
-    # the same blob with its floats unpacked (one tag per value): decoded through protobuf
-    unpacked = b"".join(bytes([0x2D]) + np.float32(v).tobytes() for v in (1.5, -2.5))
-    blob = bytes([0x3A, 2, 0x08, 2]) + unpacked
-    layer_msg = bytes([0x0A, 2]) + b"ip" + bytes([0x3A, len(blob)]) + blob
-    path.write_bytes(bytes([0xA2, 0x06, len(layer_msg)]) + layer_msg)
-    lazy = A.scan_caffemodel(path)
-    assert np.array_equal(lazy["ip"][0].read("data", 0, 2), np.float32([1.5, -2.5]))
-
-
-def test_chunked_compressed_hdf5_is_read_whole_per_blob(tmp_path):
-    import h5py
-
-    src = FIXTURES / "formats" / "hdf5-adam" / "run_iter_2.caffemodel.h5"
-    dst = tmp_path / "run_iter_2.caffemodel.h5"
-    with h5py.File(src, "r") as f, h5py.File(dst, "w") as g:
-        for group in ("data", "diff"):
-            for layer in f[group]:
-                for i in f[group][layer]:
-                    g.create_dataset(f"{group}/{layer}/{i}", data=f[group][layer][i][()], chunks=True,
-                                     compression="gzip")
-    full = read_caffemodel(src)
-    lazy = A.scan_caffemodel(dst)
-    assert [k for k, v in full.items() if v] == list(lazy)
-    for layer, blobs in lazy.items():
-        for b, r in zip(full[layer], blobs):
-            assert isinstance(r.data, A._Loaded)
-            assert np.array_equal(_bits(r.read("data", 0, r.count)), _bits(b.data))
-            assert np.array_equal(_bits(r.read("diff", 1, r.count)), _bits(b.diff)[1:])
-            r.release()
 
 
 # ---------------------------------------------------------------------------
@@ -439,12 +345,6 @@ def test_bad_files_are_input_errors(tmp_path):
     (d / "run_iter_1.caffemodel").unlink()
     with pytest.raises(InputError, match="its caffemodel is missing"):
         A.audit([d])
-    with pytest.raises(InputError, match="file is empty"):
-        A.scan_caffemodel(bad / "empty.caffemodel")
-    with pytest.raises(InputError, match="is a solver state"):
-        A.scan_caffemodel(FIXTURES / "caffe-runs" / "adam-exp" / "snapshots" / "run_iter_1.solverstate")
-    with pytest.raises(InputError, match="is a text file"):
-        A.scan_solverstate(FIXTURES / "caffe-runs" / "adam-exp" / "solver.prototxt")
 
 
 def test_sequence_errors(tmp_path):

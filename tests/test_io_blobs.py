@@ -1,4 +1,4 @@
-"""Caffe's weight and solver-state files: real snapshots, round trips, bad files."""
+"""Caffe's weight and solver-state files: real snapshots, round trips, bad files; whole and streaming readers."""
 
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ from harness.io.blobs import (
     params_by_name,
     read_caffemodel,
     read_solverstate,
+    scan_caffemodel,
+    scan_solverstate,
     snapshot_kind,
     write_caffemodel,
     write_solverstate,
@@ -26,7 +28,8 @@ from harness.io.prototxt import parse_text
 from harness.proto import caffe_pb2
 
 ROOT = Path(__file__).resolve().parent.parent
-FORMATS = ROOT / "fixtures" / "formats"
+FIXTURES = ROOT / "fixtures"
+FORMATS = FIXTURES / "formats"
 RUNS = sorted(p for p in ROOT.glob("fixtures/caffe-runs*/*") if (p / "snapshots").is_dir())
 ADAM = ROOT / "fixtures" / "caffe-runs" / "adam-exp"
 TWO_SLOTS = ("AdaDelta", "Adam")
@@ -322,10 +325,187 @@ def test_missing_file_and_directory(tmp_path):
         read_solverstate(tmp_path)
 
 
+# ---------------------------------------------------------------------------
+# streaming: the index reads what the whole readers read
+# ---------------------------------------------------------------------------
+
+MODELS = [
+    FIXTURES / "caffe-runs" / "adam-exp" / "snapshots" / "run_iter_3.caffemodel",
+    FIXTURES / "caffe-runs" / "adam-exp" / "init.caffemodel",
+    FIXTURES / "formats" / "hdf5-adam" / "run_iter_2.caffemodel.h5",
+    FIXTURES / "formats" / "hdf5-sgd-nodiff" / "run_iter_1.caffemodel.h5",
+    FIXTURES / "formats" / "v1" / "legacy.caffemodel",
+    FIXTURES / "formats" / "v1" / "legacy.upgraded.caffemodel",
+]
+STATES = [
+    FIXTURES / "caffe-runs" / "adadelta-exp" / "snapshots" / "run_iter_5.solverstate",
+    FIXTURES / "formats" / "hdf5-adam" / "run_iter_2.solverstate.h5",
+    FIXTURES / "formats" / "hdf5-sgd-nodiff" / "run_iter_1.solverstate.h5",
+]
+
+
+def _bits(a):
+    return None if a is None else np.asarray(a, np.float32).reshape(-1).view(np.uint32)
+
+
+@pytest.mark.parametrize("path", MODELS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_scan_caffemodel_reads_the_same_values(path):
+    full = read_caffemodel(path)
+    lazy = scan_caffemodel(path)
+    assert list(full) == list(lazy)
+    for layer, blobs in full.items():
+        assert len(blobs) == len(lazy[layer])
+        for b, r in zip(blobs, lazy[layer]):
+            assert b.shape == r.shape
+            for which in ("data", "diff"):
+                want = getattr(b, which)
+                assert (getattr(r, which) is None) == (want is None)
+                if want is not None:
+                    got = np.concatenate([r.read(which, a, min(a + 4, r.count)) for a in range(0, r.count, 4)])
+                    assert np.array_equal(_bits(got), _bits(want))
+
+
+@pytest.mark.parametrize("path", STATES, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_scan_solverstate_reads_the_same_values(path):
+    full = read_solverstate(path)
+    lazy = scan_solverstate(path)
+    assert (lazy.iter, lazy.current_step, lazy.learned_net) == (full.iter, full.current_step, full.learned_net)
+    assert len(lazy.history) == len(full.history)
+    for h, r in zip(full.history, lazy.history):
+        assert r.shape == h.shape
+        assert np.array_equal(_bits(r.read("data", 0, r.count)), _bits(h))
+
+
+def test_double_data_and_unpacked_values_are_read(tmp_path):
+    from harness.proto import caffe_pb2
+
+    net = caffe_pb2.NetParameter()
+    layer = net.layer.add()
+    layer.name = "ip"
+    b = layer.blobs.add()
+    b.shape.dim.extend([2, 3])
+    b.double_data.extend([0.1, 0.2, 0.3, 0.4, 0.5, 0.6])
+    b2 = layer.blobs.add()
+    b2.shape.dim.extend([2])
+    b2.data.extend([1.5, -2.5])
+    raw = bytearray(net.SerializeToString())
+    path = tmp_path / "x.caffemodel"
+    path.write_bytes(bytes(raw))
+    lazy = scan_caffemodel(path)
+    assert np.array_equal(_bits(lazy["ip"][0].read("data", 0, 6)), _bits(np.float64([0.1, 0.2, 0.3, 0.4, 0.5, 0.6])))
+    # the same blob with its floats unpacked (one tag per value): decoded through protobuf
+    unpacked = b"".join(bytes([0x2D]) + np.float32(v).tobytes() for v in (1.5, -2.5))
+    blob = bytes([0x3A, 2, 0x08, 2]) + unpacked
+    layer_msg = bytes([0x0A, 2]) + b"ip" + bytes([0x3A, len(blob)]) + blob
+    path.write_bytes(bytes([0xA2, 0x06, len(layer_msg)]) + layer_msg)
+    lazy = scan_caffemodel(path)
+    assert np.array_equal(lazy["ip"][0].read("data", 0, 2), np.float32([1.5, -2.5]))
+
+
+def test_chunked_compressed_hdf5_is_read_whole_per_blob(tmp_path):
+    import h5py
+
+    src = FIXTURES / "formats" / "hdf5-adam" / "run_iter_2.caffemodel.h5"
+    dst = tmp_path / "run_iter_2.caffemodel.h5"
+    with h5py.File(src, "r") as f, h5py.File(dst, "w") as g:
+        for group in ("data", "diff"):
+            for layer in f[group]:
+                for i in f[group][layer]:
+                    g.create_dataset(f"{group}/{layer}/{i}", data=f[group][layer][i][()], chunks=True,
+                                     compression="gzip")
+    full = read_caffemodel(src)
+    lazy = scan_caffemodel(dst)
+    assert [k for k, v in full.items() if v] == list(lazy)
+    for layer, refs in lazy.items():
+        for b, r in zip(full[layer], refs):
+            assert isinstance(r.data, blobs._Loaded)
+            assert np.array_equal(_bits(r.read("data", 0, r.count)), _bits(b.data))
+            assert np.array_equal(_bits(r.read("diff", 1, r.count)), _bits(b.diff)[1:])
+            r.release()
+
+
+def test_streaming_readers_refuse_bad_files():
+    bad = FIXTURES / "formats" / "bad"
+    with pytest.raises(InputError, match="file is empty"):
+        scan_caffemodel(bad / "empty.caffemodel")
+    with pytest.raises(InputError, match="is a solver state"):
+        scan_caffemodel(FIXTURES / "caffe-runs" / "adam-exp" / "snapshots" / "run_iter_1.solverstate")
+    with pytest.raises(InputError, match="is a text file"):
+        scan_solverstate(FIXTURES / "caffe-runs" / "adam-exp" / "solver.prototxt")
+
+
+STREAMING = {read_caffemodel: scan_caffemodel, read_solverstate: scan_solverstate}
+
+
+@pytest.mark.parametrize("name,reader,problem", BAD, ids=[b[0] for b in BAD])
+def test_bad_files_streaming(name, reader, problem):
+    path = FORMATS / "bad" / name
+    with pytest.raises(InputError) as e:
+        STREAMING[reader](path)
+    assert str(e.value) == f"{path}: {problem}"
+
+
+@pytest.mark.parametrize("path,reader,problem", WRONG_KIND, ids=lambda v: getattr(v, "name", None) or getattr(v, "__name__", "msg"))
+def test_wrong_kind_of_file_streaming(path, reader, problem):
+    with pytest.raises(InputError) as e:
+        STREAMING[reader](path)
+    assert str(e.value) == f"{path}: {problem}"
+
+
+def _h5_model(path, edit):
+    """A copy of hdf5-adam's run_iter_2 caffemodel with ``edit(h5py.File)`` applied."""
+    src = FORMATS / "hdf5-adam" / "run_iter_2.caffemodel.h5"
+    path.write_bytes(src.read_bytes())
+    with h5py.File(path, "r+") as f:
+        edit(f)
+    return path
+
+
+def _replace(f, name, value):
+    del f[name]
+    f[name] = value
+
+
+H5_LAYOUT = [
+    ("layer-is-dataset", lambda f: _replace(f, "data/ip0", np.zeros(3, np.float32)),
+     "/data/ip0 is a dataset, expected a group of blobs"),
+    ("diff-layer-is-dataset", lambda f: _replace(f, "diff/ip0", np.zeros(3, np.float32)),
+     "/diff/ip0 is a dataset, expected a group of blobs"),
+    ("blob-not-numbered", lambda f: f["data/ip0"].move("1", "bias"), "/data/ip0/bias: expected datasets named 0, 1, 2, ..."),
+    ("blob-is-group", lambda f: (f["data/ip0"].pop("1"), f["data/ip0"].create_group("1")),
+     "/data/ip0/1 is a group, expected a dataset"),
+    ("string-blob", lambda f: _replace(f, "data/ip0/1", np.array([b"a", b"b", b"c"])),
+     "/data/ip0/1: unsupported HDF5 data type |S1 (Caffe reads float or integer)"),
+    ("diff-shape", lambda f: _replace(f, "diff/ip0/0", np.zeros((7, 3), np.float32)),
+     "blob ip0/0: data shape 3x7 differs from diff shape 7x3"),
+]
+
+
+@pytest.mark.parametrize("edit,problem", [c[1:] for c in H5_LAYOUT], ids=[c[0] for c in H5_LAYOUT])
+def test_hdf5_layout_errors_are_the_same_for_both_readers(tmp_path, edit, problem):
+    path = _h5_model(tmp_path / "m.caffemodel.h5", edit)
+    for reader in (read_caffemodel, scan_caffemodel):
+        with pytest.raises(InputError) as e:
+            reader(path)
+        assert str(e.value) == f"{path}: {problem}", reader.__name__
+
+
+def test_hdf5_history_gap_is_the_same_for_both_readers(tmp_path):
+    path = tmp_path / "s.solverstate.h5"
+    path.write_bytes((FORMATS / "hdf5-adam" / "run_iter_2.solverstate.h5").read_bytes())
+    with h5py.File(path, "r+") as f:
+        del f["history/3"]
+    for reader in (read_solverstate, scan_solverstate):
+        with pytest.raises(InputError) as e:
+            reader(path)
+        assert str(e.value) == f"{path}: /history/3 is missing (9 history blobs)", reader.__name__
+
+
 def test_public_api():
     assert set(blobs.__all__) == {
         "Blob", "SolverStateData", "blob_to_array", "read_caffemodel", "read_solverstate",
         "write_caffemodel", "write_solverstate", "params_by_name", "snapshot_kind",
+        "BlobRef", "StateRef", "scan_caffemodel", "scan_solverstate",
     }
     for name in blobs.__all__:
         assert getattr(blobs, name).__doc__, name
