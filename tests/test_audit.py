@@ -9,6 +9,8 @@
   most altered histories;
 - chunking does not change a report (the streaming readers themselves are
   tested in ``test_io_blobs.py``);
+- the check kernels of ``harness.kernels.audit`` are cached only against the
+  ``kernels/update.py`` they import (the pin is current);
 - bad input (corrupt files, another net, duplicate iterations) is one
   ``InputError`` line, exit 2.
 """
@@ -23,6 +25,7 @@ import numpy as np
 import pytest
 
 from harness import audit as A
+from harness.kernels import audit as KA
 from harness.cli import main
 from harness.errors import InputError
 from harness.io.blobs import read_caffemodel, read_solverstate, write_caffemodel, write_solverstate
@@ -266,24 +269,24 @@ def _one_update(typ, rng, n, lr, profile):
     fz = (p.fused, p.zero_fill)
     if typ == "SGD":
         K.sgd_update(w, d, h, *pro, lr, mu, *fz)
-        code, c = A.W_SGD, (mu, f32(0), f32(0), f32(0))
+        code, c = KA.W_SGD, (mu, f32(0), f32(0), f32(0))
     elif typ == "AdaGrad":
         K.adagrad_update(w, d, h, *pro, lr, delta, *fz)
-        code, c = A.W_ADAGRAD, (delta, f32(0), f32(0), f32(0))
+        code, c = KA.W_ADAGRAD, (delta, f32(0), f32(0), f32(0))
     elif typ == "RMSProp":
         K.rmsprop_update(w, d, h, *pro, lr, rho, one - rho, delta, *fz)
-        code, c = A.W_RMSPROP, (delta, one - rho, rho, f32(0))
+        code, c = KA.W_RMSPROP, (delta, one - rho, rho, f32(0))
     elif typ == "AdaDelta":
         K.adadelta_update(w, d, h, h2, *pro, lr, mu, one - mu, delta, *fz)
-        code, c = A.W_ADADELTA, (delta, one - mu, mu, f32(0))
+        code, c = KA.W_ADADELTA, (delta, one - mu, mu, f32(0))
     else:
         K.adam_update(w, d, h, h2, *pro, lr, b1, one - b1, b2, one - b2, delta, *fz)
-        code, c = A.W_ADAM, (one - b1, b1, one - b2, b2)
+        code, c = KA.W_ADAM, (one - b1, b1, one - b2, b2)
 
     def witness(h_k):
         out = np.empty(n, np.int8)
         with np.errstate(all="ignore"):
-            A._witness(code, d, h_k, hp, h2, h2p, lr, *c, *fz, out)
+            KA.witness(code, d, h_k, hp, h2, h2p, lr, *c, *fz, out)
         return out
 
     return h, witness
@@ -298,8 +301,8 @@ def test_witness_finds_the_gradient_of_every_reference_update(typ, profile, lr):
     rng = np.random.default_rng(WITNESS_CASES.index((typ, profile, lr)))
     h, witness = _one_update(typ, rng, 2000, np.float32(lr), profile)
     out = witness(h)
-    assert np.count_nonzero(out == A._FAILED) == 0
-    assert np.count_nonzero(out == A._OK) == out.size
+    assert np.count_nonzero(out == KA.WITNESS_FAILED) == 0
+    assert np.count_nonzero(out == KA.WITNESS_OK) == out.size
 
 
 @pytest.mark.parametrize("typ", ["AdaGrad", "RMSProp", "AdaDelta", "Adam"])
@@ -308,7 +311,21 @@ def test_witness_rejects_altered_histories(typ):
     h, witness = _one_update(typ, rng, 3000, np.float32(0.01), "caffe-openblas")
     altered = (h.view(np.int32) + 1000).view(np.float32)
     out = witness(altered)
-    assert np.count_nonzero(out == A._FAILED) >= MIN_DETECTION * out.size
+    assert np.count_nonzero(out == KA.WITNESS_FAILED) >= MIN_DETECTION * out.size
+
+
+def test_check_kernels_are_cached_against_this_update_py():
+    # numba's cache keys a function on its own file only: kernels/audit.py pins the update.py it imports
+    import hashlib
+
+    from harness.kernels import update as KU
+
+    current = hashlib.sha256(Path(KU.__file__).read_bytes()).hexdigest()
+    assert KA._UPDATE_SHA256 == current, (
+        f"harness/kernels/update.py changed: once these tests pass, set _UPDATE_SHA256 = {current!r} in "
+        "harness/kernels/audit.py (until then its kernels compile afresh in every process)"
+    )
+    assert KA.CACHE is True
 
 
 # ---------------------------------------------------------------------------
