@@ -406,13 +406,15 @@ def _after_solver_loc(lit: bytes) -> bytes:
 # Bulk patterns (literal-prefixed so the regex engine skips other lines at
 # memchr speed). Each matches a subset of what _REC accepts, with the same
 # values; anything they miss is caught by the solver-line count.
-_FAST_A = re.compile(  # display lines (both forms) and train outputs, in file order
-    rb"\] " + _after_solver_loc(b"] ")
-    + rb"(?:Iteration (\d+ \(" + _NUM + rb" iter/s, " + _NUM + rb"s/\d+ iters\), loss = \S+|\d+, loss = \S+)"
-    + rb"|    Train net output #([^\r\n]*))\r?\n"
+_FAST_DISP = re.compile(  # display lines, both forms
+    rb"\] Iteration " + _after_solver_loc(b"] Iteration ")
+    + rb"(\d+)(?: \(" + _NUM + rb" iter/s, " + _NUM + rb"s/\d+ iters\)(), |, )loss = (\S+)\r?\n"
 )
-#: one train output after "Train net output #" (the bulk path's irregular case)
-_OUT_REST = re.compile(rb"(\d+): ([^ ]*) = (\S+)(?: \(\* (\S+) = (\S+) loss\))?")
+_OUT_LIT = b"]     Train net output #"
+_FAST_OUT = re.compile(  # train outputs: (index: name, value, loss weight, weighted value)
+    re.escape(_OUT_LIT) + _after_solver_loc(_OUT_LIT)
+    + rb"(\d+: [^ \r\n]*) = ([^ \r\n]+)(?: \(\* ([^ \r\n]+) = ([^ \r\n]+) loss\))?\r?\n"
+)
 _FAST_LR = re.compile(
     rb"\] Iteration " + _after_solver_loc(b"] Iteration ") + rb"(\d+), lr = (" + _NUM + rb")((?:, \w+ = "
     + _NUM + rb")*)\r?\n"
@@ -1073,15 +1075,16 @@ def _fast_chunk(st: _State, buf: bytes, pos0: int, base: int) -> bool:
     for a, b in zip(cuts, cuts[1:]):
         if a == b:
             continue
-        A = _FAST_A.findall(buf, a, b)
-        n_a += len(A)
-        segs.append((a, b, A))
+        disp = list(_FAST_DISP.finditer(buf, a, b))
+        outs = _FAST_OUT.findall(buf, a, b)
+        n_a += len(disp) + len(outs)
+        segs.append((a, b, disp, outs))
     if n_solver != n_a + len(lrs) + len(clips) + n_rare:
         return False
     # -- numbers and structure (still no state change) ----------------------
     plans = []
-    for a, b, A in segs:
-        plan = _plan_segment(A)
+    for a, b, disp, outs in segs:
+        plan = _plan_segment(buf, a, b, disp, outs)
         if plan is None:
             return False
         plans.append(plan)
@@ -1103,7 +1106,7 @@ def _fast_chunk(st: _State, buf: bytes, pos0: int, base: int) -> bool:
     # -- commit ----------------------------------------------------------------
     rare_i = lr_i = clip_i = 0
     lr_by_line = {st.lr_line: st.lr_iter}  # a clipping line's lr line may end the previous chunk
-    for (a, b, A), plan in zip(segs, plans):
+    for (a, b, disp, outs), plan in zip(segs, plans):
         if rare_i < len(rare) and rare[rare_i][0] == a and rare[rare_i][1] == K_INIT:
             ls, _, m = rare[rare_i]
             stop = _start_block(st, rare_lines[rare_i], buf, m.end() + 1)
@@ -1111,7 +1114,7 @@ def _fast_chunk(st: _State, buf: bytes, pos0: int, base: int) -> bool:
             if stop < 0:
                 return True  # the rest of the chunk is the block
             lr_by_line = {}
-        if A:
+        if disp or outs:
             _commit_segment(st, plan)
         lr_j = bisect_left(lr_pos, b, lr_i)
         if lr_j > lr_i:
@@ -1156,139 +1159,84 @@ def _line_numbers(buf: bytes, base: int, positions: list) -> array:
     return array("q", lines.astype(np.int64).tobytes())
 
 
-def _plan_segment(A: list):
-    """Check and convert one segment's ``_FAST_A`` tuples (display text,
-    output text), without touching any state.
+def _plan_segment(buf: bytes, a: int, b: int, disp: list, outs: list):
+    """Check and convert one segment's display lines (matches) and train
+    outputs (``_FAST_OUT`` tuples), without touching any state.
 
+    Outputs belong to the last display line before them: the number of
+    output lines between consecutive display lines is counted in the buffer
+    (every such line is a strict match, or the solver-line count fails).
     Returns ``(orphans, (iters, losses, short), columns)`` or None when a
-    number is not %g or a line has a shape only the ordered path handles.
-    ``orphans`` are outputs before the first display (they belong to the
-    previous display); ``columns`` is a list of ``(index, name, w, values,
-    iters)``, one per output column, or per output when irregular.
+    number is not %g or a line has a shape only the ordered path handles;
+    ``orphans`` come before the first display line (they belong to the
+    previous chunk's), ``columns`` is a list of ``(index, name, w, values,
+    iters)``, one per output column, or one per output when irregular.
     """
-    if not A:
-        return [], (array("q"), array("d"), []), []
-    rests = [t[1] for t in A]
-    d_idx = [i for i, r in enumerate(rests) if not r]
-    nd = len(d_idx)
-    # display lines: "N (P iter/s, Ts/D iters), loss = L" (8 words) or
-    # "N, loss = L" (4 words, the last line of a run)
-    texts = [A[i][0] for i in d_idx]
-    toks = b" ".join(texts).split(b" ") if texts else []
-    if len(toks) == 8 * nd:
-        iters = array("q", map(int, toks[0::8]))
-        loss_txt = toks[7::8]
-        short = [False] * nd
-    else:
-        iters = array("q")
-        short = []
-        loss_txt = []
-        for text in texts:
-            loss_txt.append(text.rpartition(b" = ")[2])
-            sp = text.find(b" ")
-            if text[sp - 1 : sp] == b",":
-                iters.append(int(text[: sp - 1]))
-                short.append(True)
-            else:
-                iters.append(int(text[:sp]))
-                short.append(False)
-    losses = _floats(loss_txt)
+    nd = len(disp)
+    g = [m.groups() for m in disp]
+    iters = array("q", [int(x[0]) for x in g])
+    losses = _floats([x[2] for x in g])
     if losses is _BAD_NUM or (iters and max(iters) > 2**31 - 1):
         return None
-    o = d_idx[0] if nd else len(A)
-    columns = []
-    orphans = []
-    if o:
-        orphans = _outputs_one_by_one(rests[:o], None)
-        if orphans is None:
-            return None
-    if nd:
-        # Caffe prints K outputs after every display line; the chunk may cut
-        # the last block short (its outputs are then the first r columns)
-        first = d_idx[0]
-        K = (d_idx[1] if nd > 1 else len(A)) - first - 1
-        stride = K + 1
-        tail = len(A) - d_idx[-1] - 1
-        regular = tail <= K and d_idx == list(range(first, first + nd * stride, stride))
-        if regular:
-            for c in range(K):
-                col = _column(rests[first + 1 + c :: stride], iters)
-                if col is None:
-                    regular = False
-                    break
-                columns.append(col)
-            # one column per output: a repeated key would append out of order
-            if regular and len({(c[0], c[1]) for c in columns}) != len(columns):
-                regular = False
-        if not regular:
-            columns = []
-            j = -1
-            for i in range(first, len(A)):
-                if not rests[i]:
-                    j += 1
-                    continue
-                one = _outputs_one_by_one([rests[i]], iters[j])
-                if one is None:
-                    return None
-                columns.extend(one)
-    return orphans, (iters, losses, short), columns
-
-
-def _column(col: list, iters) -> tuple | None:
-    """One regular output column (same index and name in every row) by
-    splitting all its lines at once; None if the lines differ in shape."""
-    n = len(col)
-    toks = b" ".join(col).split(b" ")
-    T, r = divmod(len(toks), n)
-    if r or T not in (4, 9):
-        return None
-    k, name = toks[0], toks[1]
-    if (
-        toks[0::T].count(k) != n or toks[1::T].count(name) != n or toks[2::T].count(b"=") != n
-        or not k[:-1].isdigit() or k[-1:] != b":"
-    ):
-        return None
-    vals = _floats(toks[3::T])
+    short = [x[1] is None for x in g]
+    n = len(outs)
+    if not n:
+        return [], (iters, losses, short), []
+    keys = [t[0] for t in outs]
+    vals = _floats([t[1] for t in outs])
     if vals is _BAD_NUM:
         return None
-    w = None
-    if T == 9:
-        w = toks[5]
-        if (
-            toks[4::T].count(b"(*") != n or toks[6::T].count(b"=") != n or toks[8::T].count(b"loss)") != n
-            or toks[5::T].count(w) != n or _NUM_RE.fullmatch(w) is None
-        ):
-            return None
-        weighted = toks[7::T]
+    ws = [t[2] for t in outs]
+    if ws.count(b"") != n:
         # with loss weight 1 Caffe prints the same float twice
-        if not (w == b"1" and weighted == toks[3::T]) and _NUMS_RE.fullmatch(b" ".join(weighted)) is None:
-            return None
-    return int(k[:-1]), name, w, vals, iters[:n]
-
-
-def _outputs_one_by_one(rests: list, it) -> list | None:
-    out = []
-    for rest in rests:
-        m = _OUT_REST.fullmatch(rest)
-        if m is None:
-            return None
-        k, name, v, w, x = m.groups()
-        nums = [v] if w is None else [v, w, x]
-        vals = _floats(nums)
-        if vals is _BAD_NUM:
-            return None
-        out.append((int(k), name, w, array("d", vals[:1]), [it]))
-    return out
+        xs = [t[3] for t in outs]
+        if ws.count(b"1") != n or xs != [t[1] for t in outs]:
+            if b"" in ws or _NUMS_RE.fullmatch(b" ".join(ws + xs)) is None:
+                return None
+    # output lines per display line
+    pos = [m.start() for m in disp]
+    o = buf.count(_OUT_LIT, a, pos[0]) if nd else n
+    counts = [buf.count(_OUT_LIT, s, e) for s, e in zip(pos, pos[1:] + [b])]
+    if o + sum(counts) != n:
+        return None  # an output-like line that is not a strict match
+    orphans = [(keys[i], ws[i] or None, vals[i : i + 1], None) for i in range(o)]
+    if not nd:
+        return orphans, (iters, losses, short), []
+    K = counts[0]
+    columns = []
+    regular = all(c == K for c in counts[:-1]) and counts[-1] <= K
+    if regular and K:
+        disp_keys = keys[o:]
+        for c in range(K):
+            col = disp_keys[c::K]
+            if col.count(col[0]) != len(col):
+                regular = False
+                break
+        if regular and len(set(disp_keys[:K])) != K:
+            regular = False  # one column per output, or it would append out of order
+    if regular:
+        for c in range(min(K, n - o)):
+            values = vals[o + c :: K]
+            columns.append((keys[o + c], ws[o + c] or None, values, iters[: len(values)]))
+    else:
+        i = o
+        for it, c in zip(iters, counts):
+            for j in range(i, i + c):
+                columns.append((keys[j], ws[j] or None, vals[j : j + 1], [it]))
+            i += c
+    return orphans, (iters, losses, short), columns
 
 
 def _commit_segment(st: _State, plan) -> None:
     orphans, (iters, losses, short), columns = plan
     run = st.get_run()
     st.caffe_seen = True
-    for k, name, w, values, its in orphans:
-        st.output_series(OutputKey("train", 0, k, _dec(name)), w).append(st.cur_iter, values[0])
-    for k, name, w, values, its in columns:
-        s = st.output_series(OutputKey("train", 0, k, _dec(name)), w)
+    for kb, w, values, _ in orphans:
+        k, name = _key(kb)
+        st.output_series(OutputKey("train", 0, k, name), w).append(st.cur_iter, values[0])
+    for kb, w, values, its in columns:
+        k, name = _key(kb)
+        s = st.output_series(OutputKey("train", 0, k, name), w)
         s.iter.extend(its)
         s.value.extend(values)
     if iters:
@@ -1299,6 +1247,11 @@ def _commit_segment(st: _State, plan) -> None:
             if short[j]:
                 run.final_loss = (iters[j], losses[j])
                 break
+
+
+def _key(kb: bytes) -> tuple[int, str]:
+    k, name = kb.split(b": ", 1)
+    return int(k), _dec(name)
 
 
 def read_runs(path) -> list[Run]:
