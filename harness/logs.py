@@ -9,7 +9,7 @@ large binary chunks, and turns the solver's lines into typed records::
             print(rec.line, rec.iter, rec.lr)
 
 or groups them into trainings with compact per-iteration series (the fast
-path, ≥ 50 MB/s on one core)::
+path: ``benchmarks/bench_logs.py`` measures it)::
 
     [run] = read_runs("caffe.log")
     run.lr.iter, run.lr.value, run.lr.line      # array('q'), array('d'), array('q')
