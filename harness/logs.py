@@ -412,8 +412,10 @@ _FAST_DISP = re.compile(  # display lines, both forms
 )
 _OUT_LIT = b"]     Train net output #"
 _FAST_OUT = re.compile(  # train outputs: (index: name, value, loss weight, weighted value)
+    # loss weight 1 prints the same float twice: matched by a backreference,
+    # so the common line allocates only its key and value
     re.escape(_OUT_LIT) + _after_solver_loc(_OUT_LIT)
-    + rb"(\d+: [^ \r\n]*) = ([^ \r\n]+)(?: \(\* ([^ \r\n]+) = ([^ \r\n]+) loss\))?\r?\n"
+    + rb"(\d+: [^ \r\n]*) = ([^ \r\n]+)(?: \(\* (?:(1) = \2|([^ \r\n]+) = ([^ \r\n]+)) loss\))?\r?\n"
 )
 _FAST_LR = re.compile(
     rb"\] Iteration " + _after_solver_loc(b"] Iteration ") + rb"(\d+), lr = (" + _NUM + rb")((?:, \w+ = "
@@ -1186,13 +1188,10 @@ def _plan_segment(buf: bytes, a: int, b: int, disp: list, outs: list):
     vals = _floats([t[1] for t in outs])
     if vals is _BAD_NUM:
         return None
-    ws = [t[2] for t in outs]
-    if ws.count(b"") != n:
-        # with loss weight 1 Caffe prints the same float twice
-        xs = [t[3] for t in outs]
-        if ws.count(b"1") != n or xs != [t[1] for t in outs]:
-            if b"" in ws or _NUMS_RE.fullmatch(b" ".join(ws + xs)) is None:
-                return None
+    ws = [t[2] or t[3] for t in outs]
+    other = [t[3] + b" " + t[4] for t in outs if t[3]]  # weight and weighted value not matched as "1 = value"
+    if other and _NUMS_RE.fullmatch(b" ".join(other)) is None:
+        return None
     # output lines per display line
     pos = [m.start() for m in disp]
     o = buf.count(_OUT_LIT, a, pos[0]) if nd else n
