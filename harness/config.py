@@ -237,12 +237,9 @@ def config_from_proto(param, *, source: str = "", blobs: tuple[BlobSpec, ...] = 
 
 def caffe_float(x: float) -> str:
     """Format a number as C++'s ``ostream <<`` does by default (``%g``)."""
-    x = float(x)
-    if x != x:
-        return "-nan" if np.signbit(x) else "nan"
-    if x in (float("inf"), float("-inf")):
-        return "inf" if x > 0 else "-inf"
-    return "%g" % x
+    from .compare import log_float_text
+
+    return log_float_text(float(x))
 
 
 def _check_op(a_expr: str, op: str, b_expr: str, a, b, message: str = "") -> str:
