@@ -47,3 +47,17 @@ def test_cli_profile_choices_are_the_reference_profiles():
     assert set(replay_profile.choices) == set(PROFILES)
     audit_profile = next(a for a in sub.choices["audit"]._actions if a.dest == "profile")
     assert set(audit_profile.choices) <= set(PROFILES)
+
+
+def test_function_names_are_not_shadowed_by_submodules():
+    """A public function must not share its name with a submodule: importing the
+    submodule would replace the package attribute with the module."""
+    import importlib
+    import pkgutil
+
+    importlib.import_module("harness.replayer")
+    submodules = {m.name for m in pkgutil.iter_modules(harness.__path__)}
+    for name in harness.__all__:
+        if callable(getattr(harness, name)) and not isinstance(getattr(harness, name), type):
+            assert name not in submodules, f"harness.{name} is both a function and a submodule"
+    assert callable(harness.replay) and not hasattr(harness.replay, "__path__")

@@ -36,7 +36,7 @@ from harness.errors import CaffeRefusal, OracleUnavailable
 from harness.io.capture import load_capture
 from harness.oracle import BLAS_CHOICES, capture, find_caffe
 from harness.reference import Reference, profile_for_blas
-from harness.replay import replay_trace
+from harness.replayer import replay_trace
 from harness.trace import Trace
 
 pytestmark = pytest.mark.oracle
@@ -101,12 +101,16 @@ def _bits(a) -> np.ndarray:
 
 
 def keep_failure(capture_dir: Path, failures: Path) -> Path:
-    """Copy a failing capture to ``failures/<id>/`` (id: hash of its inputs and BLAS)."""
+    """Copy a failing capture to ``failures/<id>/``; the id hashes its inputs (solver, net, BLAS, arrays)."""
+    import json
+
     h = hashlib.sha256()
-    for name in ("solver.prototxt", "net.prototxt", "gradients.npz", "config.json"):
-        p = capture_dir / name
-        if p.is_file():
-            h.update(name.encode() + b"\0" + p.read_bytes())
+    for name in ("solver.prototxt", "net.prototxt"):
+        h.update(name.encode() + b"\0" + (capture_dir / name).read_bytes())
+    h.update(json.loads((capture_dir / "config.json").read_text()).get("blas", "").encode())
+    with np.load(capture_dir / "gradients.npz") as arrays:  # zip and HDF5 files carry timestamps: hash the arrays
+        for key in sorted(arrays.files):
+            h.update(key.encode() + b"\0" + np.ascontiguousarray(arrays[key]).tobytes())
     dest = failures / h.hexdigest()[:16]
     if not dest.exists():
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -135,8 +139,8 @@ def check_against_caffe(caffe, blas: str, run: Trace, *, failures: Path = FAILUR
                         f"the capture does not hold the drawn gradient of {name}, iteration {ours.iter} pass {p}")
         result = replay_trace(trace)
         assert result.profile == profile_for_blas(blas)
-        if _is_known_nan_update_issue(blas, result):
-            event("known issue: Net::Update NaN (see test_update_of_nan_weight_by_nan_diff)")
+        if _is_known_nan_issue(result):
+            event("known issue: which NaN comes out (see test_nan_propagation)")
             return
         if result.status != "exact":
             kept = keep_failure(out, failures)
@@ -144,15 +148,16 @@ def check_against_caffe(caffe, blas: str, run: Trace, *, failures: Path = FAILUR
         assert result.status == "exact", f"{blas} build, {run.config.type}/{run.config.lr_policy}: {result.message}"
 
 
-def _is_known_nan_update_issue(blas: str, result) -> bool:
-    """The one known reference bug the property finds: see test_update_of_nan_weight_by_nan_diff.
+def _is_known_nan_issue(result) -> bool:
+    """The known reference bug class the property finds: which NaN comes out (test_nan_propagation).
 
-    Remove (with that test's xfail) once the reference keeps the diff's NaN.
+    True when the first divergence is a NaN where Caffe has a NaN with other
+    bits. Remove, with that test's xfails, once the reference propagates
+    NaNs as each BLAS does.
     """
     d = result.divergence
-    return (result.status == "mismatch" and d is not None and d.stage == "params" and blas in NAN_UPDATE_TAKES_DIFF
-            and isinstance(d.expected, float) and isinstance(d.got, float)
-            and np.isnan(d.expected) and np.isnan(d.got))
+    return (result.status == "mismatch" and d is not None and isinstance(d.expected, float)
+            and isinstance(d.got, float) and np.isnan(d.expected) and np.isnan(d.got))
 
 
 @NO_SHRINK
@@ -189,29 +194,37 @@ def test_caffe_and_harness_refuse_alike(caffe, example):
 # ---------------------------------------------------------------------------
 # what the properties found, pinned down as plain tests
 # ---------------------------------------------------------------------------
-#: builds whose ``Net::Update`` (``saxpy(-1, diff, data)``) returns the diff's
-#: NaN when data and diff are both NaN; ATLAS returns the data's
-NAN_UPDATE_TAKES_DIFF = ("openblas", "reference")
 _NEG_NAN = float(np.uint32(0xFFC00000).view(np.float32))
+#: each case: solver settings, then data and diff holding NaNs of both signs
+NAN_CASES = {
+    "net-update": dict(type="SGD", weight_decay=0.0),  # Net::Update: saxpy(-1, diff, data), both NaN
+    "sgd-l2": dict(type="SGD", weight_decay=0.125),  # Regularize: saxpy(decay, data, diff), both NaN
+    "rmsprop-l2": dict(type="RMSProp", weight_decay=0.125, rms_decay=0.0),
+}
+#: (case, blas) where the reference's NaN is not Caffe's (sign bit), as measured
+NAN_MISMATCHES = {
+    ("net-update", "openblas"): "Net::Update keeps the diff's NaN, the reference's w - g the data's",
+    ("net-update", "reference"): "Net::Update keeps the diff's NaN, the reference's w - g the data's",
+    ("sgd-l2", "reference"): "saxpy(decay, w, g) keeps w's NaN, the reference g's",
+    ("rmsprop-l2", "atlas"): "the update and history keep g's NaN, the reference w's",
+}
 
 
-@pytest.mark.parametrize("blas", [
-    pytest.param(b, marks=pytest.mark.xfail(
-        strict=True, reason="found by test_reference_matches_live_caffe: with data and diff both NaN, Caffe's "
-                            f"{b} build keeps the diff's NaN (sign included) in Net::Update; the reference's "
-                            "w - g keeps the data's (harness/kernels/update.py)"))
-    if b in NAN_UPDATE_TAKES_DIFF else b for b in BLAS_CHOICES])
-def test_update_of_nan_weight_by_nan_diff(caffe, blas, tmp_path):
+@pytest.mark.parametrize("case, blas", [
+    pytest.param(c, b, id=f"{c}-{b}", marks=[pytest.mark.xfail(
+        strict=True, reason=f"found by test_reference_matches_live_caffe: Caffe's {b} build: {NAN_MISMATCHES[c, b]} "
+                            "(harness/kernels/update.py)")] if (c, b) in NAN_MISMATCHES else [])
+    for c in NAN_CASES for b in BLAS_CHOICES])
+def test_nan_propagation(caffe, case, blas, tmp_path):
     from harness.config import BlobSpec, SolverConfig
 
-    cfg = SolverConfig(type="SGD", base_lr=0.5, lr_policy="fixed", max_iter=1,
-                       blobs=(BlobSpec("ip0/0", (1, 2), 1.0, 0.0),))
-    for w, g in ((_NEG_NAN, math.nan), (math.nan, _NEG_NAN)):
-        out = tmp_path / f"w{np.float32(w).view(np.uint32):x}"
-        capture(cfg, None, {"grad/0/0/ip0/0": np.array([[g, 1.0]], np.float32)}, out, blas=blas,
-                init={"ip0/0": np.array([[w, w]], np.float32)}, install=caffe)
-        result = replay_trace(load_capture(out))
-        assert result.status == "exact", result.message
+    cfg = SolverConfig(base_lr=0.5, lr_policy="fixed", max_iter=1, blobs=(BlobSpec("ip0/0", (1, 2), 1.0, 1.0),),
+                       **NAN_CASES[case])
+    out = tmp_path / "run"
+    capture(cfg, None, {"grad/0/0/ip0/0": np.array([[math.nan, _NEG_NAN]], np.float32)}, out, blas=blas,
+            init={"ip0/0": np.array([[_NEG_NAN, math.nan]], np.float32)}, install=caffe)
+    result = replay_trace(load_capture(out))
+    assert result.status == "exact", result.message
 
 
 # ---------------------------------------------------------------------------
@@ -279,7 +292,7 @@ def test_missing_caffe_skips_locally_and_fails_under_ci(ci, outcome, tmp_path):
     env.pop("HYPOTHESIS_PROFILE", None)
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist", "-rs",
-         f"{__file__}::test_update_of_nan_weight_by_nan_diff[atlas]"],
+         f"{__file__}::test_nan_propagation[net-update-atlas]"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert outcome in proc.stdout, proc.stdout[-2000:]
     assert "tools/install-caffe" in proc.stdout

@@ -1,4 +1,4 @@
-"""harness.replay and `caffe-harness replay`: verdicts, first divergence, exit codes."""
+"""harness.replayer and `caffe-harness replay`: verdicts, first divergence, exit codes."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from harness.cli import main
 from harness.compare import Tolerance
 from harness.io.blobs import read_caffemodel, write_caffemodel
-from harness.replay import find_runs, replay
+from harness.replayer import find_runs, replay
 
 FIX = Path(__file__).resolve().parent.parent / "fixtures"
 RUN_DIRS = [d for name in ("caffe-runs", "caffe-runs-refblas", "caffe-runs-atlas") for d in sorted((FIX / name).iterdir())]

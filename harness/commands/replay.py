@@ -113,7 +113,7 @@ def format_table(results) -> str:
 
 
 def run(args) -> int:
-    from ..replay import replay
+    from ..replayer import replay
 
     tol = parse_tolerance(args.tolerance)
     results = replay(args.paths, profile=args.profile, tolerance=tol,
