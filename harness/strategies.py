@@ -320,6 +320,7 @@ def solver_parameters(
     lr_policies: Collection[str] = LR_POLICIES,
     valid: bool = True,
     blobs=None,
+    min_iterations: int = 1,
     max_iterations: int = 16,
     max_iter_size: int = 2,
     clip: bool | None = None,
@@ -331,7 +332,7 @@ def solver_parameters(
     ``solver_types`` / ``lr_policies``: the types and policies to draw from
     (Caffe's exact strings). ``blobs``: ``None`` draws them with
     :func:`learnable_blobs`, a sequence of ``BlobSpec`` fixes them (``()``:
-    no net, for settings alone), a strategy draws them. ``max_iter`` is in ``1..max_iterations`` and
+    no net, for settings alone), a strategy draws them. ``max_iter`` is in ``min_iterations..max_iterations`` and
     ``iter_size`` in ``1..max_iter_size``. ``clip``: ``None`` sometimes sets
     ``clip_gradients`` (sometimes 0, which zeroes every gradient), ``True``
     always, ``False`` never.
@@ -363,7 +364,10 @@ def solver_parameters(
     policies = _check_names("lr_policies", lr_policies, LR_POLICIES)
     regs = _check_names("regularization_types", regularization_types, REGULARIZATION_TYPES)
     blobs = _check_blobs("blobs", blobs, allow_strategy=True, allow_empty=True) if blobs is not None else None
+    _check_int("min_iterations", min_iterations, min_value=1)
     _check_int("max_iterations", max_iterations, min_value=1)
+    if max_iterations < min_iterations:
+        raise InvalidArgument(f"max_iterations={max_iterations!r} must be at least min_iterations={min_iterations!r}")
     _check_int("max_iter_size", max_iter_size, min_value=1)
     if clip is not None:
         _check_bool("clip", clip)
@@ -386,7 +390,7 @@ def solver_parameters(
     def draw_config(draw):
         stype = draw(st.sampled_from(types))
         policy = draw(st.sampled_from(policies))
-        max_iter = draw(st.integers(1, max_iterations))
+        max_iter = draw(st.integers(min_iterations, max_iterations))
         kw = dict(type=stype, lr_policy=policy, max_iter=max_iter)
         kw["base_lr"] = draw(_normal_floats(1e-4, 1.0))
         kw["iter_size"] = draw(st.integers(1, max_iter_size))

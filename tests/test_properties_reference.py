@@ -202,7 +202,7 @@ def _snapshot(folder: Path, k: int, cfg, rec, fmt: str) -> tuple[Path, Path]:
     return model, state
 
 
-@given(run=runs(max_iterations=MAX_ITERATIONS).filter(lambda r: r.config.max_iter >= 2), profile=profiles,
+@given(run=runs(min_iterations=2), profile=profiles,
        fmt=st.sampled_from(["binaryproto", "hdf5"]), data=st.data())
 def test_resume_from_snapshot_is_bit_identical(run, profile, fmt, data):
     cfg = run.config

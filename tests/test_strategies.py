@@ -84,6 +84,7 @@ BAD_ARGUMENTS = [
     ("lr-policy-unknown", lambda: hs.solver_parameters(lr_policies=["cosine"]), "lr_policies=['cosine']"),
     ("valid-not-bool", lambda: hs.solver_parameters(valid=1), "valid=1"),
     ("max-iterations-zero", lambda: hs.solver_parameters(max_iterations=0), "max_iterations=0"),
+    ("min-above-max-iterations", lambda: hs.solver_parameters(min_iterations=5, max_iterations=4), "min_iterations=5"),
     ("max-iter-size-float", lambda: hs.solver_parameters(max_iter_size=2.0), "max_iter_size=2.0"),
     ("clip-not-bool", lambda: hs.solver_parameters(clip="yes"), "clip='yes'"),
     ("regularization-unknown", lambda: hs.solver_parameters(regularization_types=["L3"]), "regularization_types=['L3']"),
@@ -159,11 +160,11 @@ def test_learnable_blobs_reach_frozen_biased_and_big_layers():
 # ---------------------------------------------------------------------------
 # solver settings
 # ---------------------------------------------------------------------------
-@given(cfg=hs.solver_parameters(max_iterations=10, max_iter_size=3))
+@given(cfg=hs.solver_parameters(min_iterations=2, max_iterations=10, max_iter_size=3))
 def test_valid_settings_are_accepted_and_in_range(cfg):
     assert config_refusals(cfg) == [] and update_refusals(cfg) == []
     assert cfg.type in SOLVER_TYPES and cfg.lr_policy in LR_POLICIES
-    assert 1 <= cfg.max_iter <= 10 and 1 <= cfg.iter_size <= 3
+    assert 2 <= cfg.max_iter <= 10 and 1 <= cfg.iter_size <= 3
     for name in ("base_lr", "gamma", "power", "momentum", "momentum2", "delta", "rms_decay", "weight_decay",
                  "clip_gradients"):
         value = getattr(cfg, name)
