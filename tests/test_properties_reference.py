@@ -25,11 +25,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, Phase, assume, given, note, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from harness import strategies as hs
-from harness.config import BlobSpec
 from harness.io.blobs import SolverStateData, params_by_name, read_caffemodel, read_solverstate, write_caffemodel, write_solverstate
 from harness.lr import lr_schedule
 from harness.reference import PROFILES, Reference
