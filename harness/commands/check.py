@@ -15,8 +15,6 @@ from __future__ import annotations
 import fnmatch
 import os
 import sys
-import tempfile
-from pathlib import Path
 
 __all__ = ["add_parser", "run", "write_atomic"]
 
@@ -45,19 +43,9 @@ def add_parser(sub) -> None:
 
 def write_atomic(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` to ``path`` through a temp file in the same folder and ``os.replace``."""
-    path = Path(path)
-    folder = path.parent if str(path.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    from ..io.files import write_text_atomic
+
+    write_text_atomic(path, text)
 
 
 def _selected(tid: str, patterns) -> bool:

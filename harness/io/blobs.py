@@ -48,13 +48,13 @@ from __future__ import annotations
 import contextlib
 import mmap
 import os
-import tempfile
 from dataclasses import dataclass, field
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
 from ..errors import InputError
+from .files import atomic_write, open_input
 from ..proto import caffe_pb2
 
 __all__ = [
@@ -296,16 +296,7 @@ def params_by_name(weights: Mapping[str, Sequence[Blob]]) -> dict[str, Blob]:
 
 def _open(path: str):
     """``open(path, "rb")`` with the usual failures as one-line InputErrors."""
-    try:
-        return open(path, "rb")
-    except FileNotFoundError:
-        raise InputError(path, "no such file") from None
-    except IsADirectoryError:
-        raise InputError(path, "is a directory, expected a file") from None
-    except PermissionError:
-        raise InputError(path, "permission denied") from None
-    except OSError as e:
-        raise InputError(path, f"cannot read: {e.strerror or e}") from None
+    return open_input(path)
 
 
 def _read_bytes(path: str) -> bytes:
@@ -918,19 +909,7 @@ def _normalise(blob, what: str) -> tuple[np.ndarray | None, np.ndarray | None]:
     return data, diff
 
 
-def _atomic_write(path: str, write) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+_atomic_write = atomic_write
 
 
 def write_caffemodel(

@@ -25,6 +25,7 @@ from google.protobuf import message as _message
 from google.protobuf import text_format
 
 from ..errors import InputError
+from .files import open_input
 
 __all__ = ["parse_text", "parse_text_string", "read_text_file"]
 
@@ -45,17 +46,11 @@ _ECHO = re.compile(r"^'.*?': (?=[A-Z])", re.S)
 def read_text_file(path: str | os.PathLike) -> str:
     """Read a text file as UTF-8; missing, unreadable, non-UTF-8 or empty → InputError."""
     path = os.fspath(path)
-    try:
-        with open(path, "rb") as f:
+    with open_input(path) as f:
+        try:
             raw = f.read()
-    except FileNotFoundError:
-        raise InputError(path, "no such file") from None
-    except IsADirectoryError:
-        raise InputError(path, "is a directory, expected a file") from None
-    except PermissionError:
-        raise InputError(path, "permission denied") from None
-    except OSError as e:
-        raise InputError(path, f"cannot read: {e.strerror or e}") from None
+        except OSError as e:
+            raise InputError(path, f"cannot read: {e.strerror or e}") from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
