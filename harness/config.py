@@ -11,7 +11,7 @@ Names are Caffe's (``lr_policy``, ``iter_size``, ``lr_mult``, ...).
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 

@@ -16,15 +16,15 @@ settings with the same message.
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable
 
 import numpy as np
 
 from .compare import EXACT, Tolerance, log_float_matches, summarize, ulp_distance
 from .config import SolverConfig
-from .errors import CaffeRefusal, HarnessError, InputError
+from .errors import InputError
 from .trace import Trace
 
 __all__ = [

@@ -208,7 +208,7 @@ def run_show(args) -> int:
     p = t.provenance
     print(f"{path}: golden trace {t.name!r}, origin {p.get('origin')} (blas {p.get('blas')}, caffe {p.get('caffe_version') or '?'})")
     print(f"  solver: {cfg.type}, lr_policy {cfg.lr_policy or '(unset)'}, base_lr {cfg.base_lr:g}, max_iter {cfg.max_iter}, iter_size {cfg.iter_size}")
-    print(f"  blobs: " + ", ".join(f"{b.name} {'x'.join(map(str, b.shape)) or 'scalar'} (lr_mult {b.lr_mult:g}, decay_mult {b.decay_mult:g})" for b in cfg.blobs))
+    print("  blobs: " + ", ".join(f"{b.name} {'x'.join(map(str, b.shape)) or 'scalar'} (lr_mult {b.lr_mult:g}, decay_mult {b.decay_mult:g})" for b in cfg.blobs))
     start = f"resumed at iter {t.init_iter}, current_step {t.init_current_step}" if t.init_history is not None or t.init_iter else "fresh start"
     print(f"  {len(its)} iterations ({its[0].iter}..{its[-1].iter}), {expected} with expected state, {start}" if its else f"  no iterations, {start}")
     if t.refusal:

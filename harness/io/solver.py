@@ -17,7 +17,6 @@ import os
 from pathlib import Path
 
 from ..config import SolverConfig, config_from_proto, start_refusals
-from ..errors import InputError
 
 __all__ = ["read_solver_parameter", "load_solver", "resolve_path", "solver_refusals"]
 
