@@ -1108,6 +1108,7 @@ def _fast_chunk(st: _State, buf: bytes, pos0: int, base: int) -> bool:
     # -- commit ----------------------------------------------------------------
     rare_i = lr_i = clip_i = 0
     lr_by_line = {st.lr_line: st.lr_iter}  # a clipping line's lr line may end the previous chunk
+    stop = pos0
     for (a, b, disp, outs), plan in zip(segs, plans):
         if rare_i < len(rare) and rare[rare_i][0] == a and rare[rare_i][1] == K_INIT:
             ls, _, m = rare[rare_i]
@@ -1145,7 +1146,8 @@ def _fast_chunk(st: _State, buf: bytes, pos0: int, base: int) -> bool:
             clip_i = clip_j
         while rare_i < len(rare) and rare[rare_i][0] < b:
             ls, kind, m = rare[rare_i]
-            st.apply(kind, rare_lines[rare_i], m)
+            if ls >= stop:  # not a line of the parameter block (the per-line path skips those)
+                st.apply(kind, rare_lines[rare_i], m)
             rare_i += 1
     return True
 
