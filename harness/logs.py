@@ -59,18 +59,32 @@ with no Caffe solver line at all ("not a Caffe training log"), NUL bytes
 (binary data), a last line without its newline (a truncated log) and an
 unsupported variant of a solver line.
 
-Implementation: ``read_runs`` scans each 8 MB chunk with a few
-literal-anchored regular expressions in bulk (the frequent lines: display,
-train outputs, lr, clipping) plus a per-line parse of the rare lines, then
-checks by counting that every solver line of the chunk was accounted for;
-any chunk where that check fails is parsed again line by line by the same
-code ``parse_log`` uses, so both give the same result on every input.
+Implementation: ``read_runs`` reads 8 MB chunks of whole lines and has
+three ways through a chunk, all giving the per-line path's result:
+
+* the numba scanner (``harness.kernels.logscan``, for large files: numba
+  starts only when that pays off): one pass over the bytes classifies every
+  candidate line of the per-line path, parses the frequent shapes (display,
+  train outputs, lr, clipping) and their ``%g`` numbers itself (exactly, or
+  leaves a number to ``float()``), and hands back the rest, which are
+  matched here with the per-line regex one by one; the series are then
+  filled by numpy, run by run. Cross-checks: the scanner saw every line and
+  every ``solver.cpp:`` of the chunk, the rare lines hold no frequent kind
+  in an unusual form;
+* the regex passes (smaller files): a few literal-anchored regular
+  expressions in bulk plus a per-line parse of the rare lines, checked by
+  counting that every solver line of the chunk was accounted for;
+* the per-line path: any chunk where a check fails is parsed again line by
+  line by the same code ``parse_log`` uses.
+
+``benchmarks/bench_logs.py`` measures the throughput.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import sys
 from array import array
 from bisect import bisect_left
 from dataclasses import dataclass, field
@@ -368,6 +382,8 @@ _KIND_BY_GROUP = {}
 for _i, (_name, _alt) in enumerate(_ALTS):
     _KIND_BY_GROUP[_REC.groupindex[_name.decode()]] = _i
 _KIND_BY_GROUP[_REC.groupindex["fatal"]] = K_FATAL
+#: the _REC kind of each scanner event kind (harness.kernels.logscan.EV_*)
+_KIND_OF_EVENT = (None, K_LOSS, K_SLOSS, K_OUT, K_LR, K_CLIP)
 _G = _REC.groupindex
 
 
@@ -555,11 +571,12 @@ def _open(path):
     return p, f
 
 
-def _chunks(p: str, f) -> Iterator[tuple[bytes, int]]:
-    """Yield ``(buf, base)``: whole lines, ``base`` lines before ``buf``.
+def _chunks(p: str, f) -> Iterator[tuple[bytes, int, int]]:
+    """Yield ``(buf, base, lines)``: whole lines, ``base`` lines before
+    ``buf``, ``lines`` lines in it.
 
     Raises InputError on NUL bytes, a last line without newline, an empty
-    file; yields ``(b"", total_lines)`` last.
+    file; yields ``(b"", total_lines, 0)`` last.
     """
     base = 0
     carry = b""
@@ -573,7 +590,7 @@ def _chunks(p: str, f) -> Iterator[tuple[bytes, int]]:
                 raise InputError(p, f"last line has no end (truncated log?): {_line_text(carry, 0)!r}", line=base + 1)
             if empty:
                 raise InputError(p, "empty file: not a Caffe training log")
-            yield b"", base
+            yield b"", base, 0
             return
         empty = False
         cut = data.rfind(b"\n")
@@ -589,8 +606,9 @@ def _chunks(p: str, f) -> Iterator[tuple[bytes, int]]:
         if b"\x00" in buf:
             line = base + buf.count(b"\n", 0, buf.index(b"\x00")) + 1
             raise InputError(p, "binary data (NUL bytes): not a text log", line=line)
-        yield buf, base
-        base += buf.count(b"\n")
+        lines = buf.count(b"\n")
+        yield buf, base, lines
+        base += lines
 
 
 class _Block:
@@ -687,7 +705,7 @@ def parse_log(path) -> Iterator[Record]:
     caffe_seen = False
     block: _Block | None = None
     with f:
-        for buf, base in _chunks(p, f):
+        for buf, base, _ in _chunks(p, f):
             if not buf:
                 if block is not None:
                     counted += 1 + block.lines
@@ -1255,16 +1273,241 @@ def _key(kb: bytes) -> tuple[int, str]:
     return int(k), _dec(name)
 
 
+# ---------------------------------------------------------------------------
+# The numba scanner (large logs)
+# ---------------------------------------------------------------------------
+
+#: read_runs uses the numba scanner for files of at least this many bytes:
+#: below, numba's start-up (~1.1 s CPU: import, first kernel load) costs more
+#: than the scanner saves over the regex passes (~0.021 s/MB)
+_SCAN_MIN = 48 << 20
+#: the same once numba is loaded (another kernel ran): the scanner's own
+#: load is ~0.02 s
+_SCAN_MIN_LOADED = 1 << 20
+
+
+def _use_scanner(size: int) -> bool:
+    """Whether read_runs scans a file of ``size`` bytes with the numba scanner."""
+    return size >= (_SCAN_MIN_LOADED if "numba" in sys.modules else _SCAN_MIN)
+
+#: distinct train output keys per chunk the scanner tracks (more: regex path)
+_SCAN_KEYS = 4096
+
+
+class _Events:
+    """The arrays :func:`harness.kernels.logscan.scan` fills for one chunk."""
+
+    __slots__ = ("kind", "flags", "line", "start", "ival", "v0", "v1", "v2", "key", "kstart", "kend", "counts")
+
+    def __init__(self, np, cap: int):
+        self.kind = np.empty(cap, np.int8)
+        self.flags = np.empty(cap, np.int8)
+        self.line = np.empty(cap, np.int64)
+        self.start = np.empty(cap, np.int64)
+        self.ival = np.empty(cap, np.int64)
+        self.v0 = np.empty(cap, np.float64)
+        self.v1 = np.empty(cap, np.float64)
+        self.v2 = np.empty(cap, np.float64)
+        self.key = np.empty(cap, np.int64)
+        self.kstart = np.empty(_SCAN_KEYS, np.int64)
+        self.kend = np.empty(_SCAN_KEYS, np.int64)
+        self.counts = np.zeros(5, np.int64)
+
+
+def _scan_events(buf: bytes, pos0: int) -> _Events:
+    """Run the scanner kernel over ``buf[pos0:]``."""
+    import numpy as np
+
+    from .kernels import logscan
+
+    arr = np.frombuffer(buf, dtype=np.uint8)
+    # room for a candidate line every 32 bytes (glog's prefix alone is 30),
+    # else again with one slot per line
+    for cap in ((len(buf) - pos0) // 32 + 64, None):
+        ev = _Events(np, buf.count(b"\n", pos0) + 1 if cap is None else cap)
+        logscan.scan(arr, pos0, ev.kind, ev.flags, ev.line, ev.start, ev.ival, ev.v0, ev.v1, ev.v2, ev.key,
+                     ev.kstart, ev.kend, ev.counts)
+        if ev.counts[logscan.C_STATUS] != logscan.ST_EVENTS_FULL:
+            break
+    return ev
+
+
+def _scan_chunk(st: _State, buf: bytes, pos0: int, base: int, n_buf_lines: int) -> bool:
+    """Fold ``buf[pos0:]`` from the numba scanner's events; False (state
+    untouched) when the chunk needs the record-by-record path.
+    ``n_buf_lines`` is the number of lines in ``buf``.
+
+    The scanner classifies every candidate line of the per-line path: the
+    frequent shapes it parses itself (exactly as ``_REC`` would), the others
+    (``EV_RARE``) are matched here with ``_REC``, one by one. Cross-checks:
+    the scanner saw every ``solver.cpp:`` of the chunk and every line.
+    """
+    import numpy as np
+
+    from .kernels import logscan as ks
+
+    ev = _scan_events(buf, pos0)
+    n, _, n_solver, n_lines, status = (int(x) for x in ev.counts)
+    if status == ks.ST_KEYS_FULL:
+        return _fast_chunk(st, buf, pos0, base)
+    before = buf.count(b"\n", 0, pos0)
+    if n_solver != buf.count(b"solver.cpp:", pos0) or n_lines != n_buf_lines - before:
+        return False  # pragma: no cover (the scanner missed a line: never seen)
+    kind, flags, start = ev.kind[:n], ev.flags[:n], ev.start[:n]
+    line0 = base + before + 1
+    lines = ev.line[:n] + line0
+    find, match = buf.find, _REC.match
+    # -- rare lines: the per-line regex, before any state change -------------
+    rare = []  # (event index, kind, line, match)
+    for i in np.flatnonzero(kind == ks.EV_RARE).tolist():
+        ls = int(start[i])
+        m = match(buf, ls, find(b"\n", ls))
+        if m is None:
+            continue
+        k = _KIND_BY_GROUP[m.lastindex]
+        if k == K_ODD:
+            if m.group("loc").startswith(b"caffe.cpp"):
+                continue
+            return False  # let the ordered path report it
+        if k in (K_LR, K_LOSS, K_SLOSS, K_CLIP) or (k == K_OUT and m.group(_OUT_PH) == b"Train"):
+            return False  # a bulk kind in an unusual form (NVCaffe, a huge iteration): keep the order exact
+        rare.append((i, k, int(lines[i]), m))
+    # -- numbers the scanner left to float() ---------------------------------
+    for i in np.flatnonzero(flags & ks.F_PYFLOAT).tolist():
+        ls = int(start[i])
+        m = match(buf, ls, find(b"\n", ls))
+        k = None if m is None else _KIND_BY_GROUP[m.lastindex]
+        if k != _KIND_OF_EVENT[int(kind[i])]:
+            return False  # pragma: no cover (the scanner's shapes are _REC's: never seen)
+        g = m.group
+        if k == K_LOSS:
+            ev.v0[i] = float(g(_LS_V))
+        elif k == K_SLOSS:
+            ev.v0[i] = float(g(_SL_V))
+        elif k == K_LR:
+            ev.v0[i] = float(g(_LR_V))
+        elif k == K_CLIP:
+            ev.v0[i], ev.v1[i], ev.v2[i] = float(g(_CL_N)), float(g(_CL_C)), float(g(_CL_S))
+        else:
+            ev.v0[i] = float(g(_OUT_V))
+            if g(_OUT_W) is not None:
+                ev.v1[i] = float(g(_OUT_W))
+    # -- commit, run by run ----------------------------------------------------
+    a = 0  # first event of the current run's stretch
+    pending = []
+    for i, k, line, m in rare:
+        if i < a:
+            continue  # a line of the parameter block (the per-line path skips those)
+        if k == K_INIT:
+            _commit_events(st, buf, ev, lines, a, i)
+            for r in pending:
+                st.apply(*r)
+            pending = []
+            stop = _start_block(st, line, buf, m.end() + 1)
+            if stop < 0:
+                return True  # the rest of the chunk is the block
+            a = int(np.searchsorted(start, stop))
+        else:
+            pending.append((k, line, m))
+    _commit_events(st, buf, ev, lines, a, n)
+    for r in pending:
+        st.apply(*r)
+    return True
+
+
+def _commit_events(st: _State, buf: bytes, ev: _Events, lines, a: int, b: int) -> None:
+    """Fold the bulk events ``a:b`` (one run's stretch) into the state.
+
+    Their order matters only through the state they share: an output belongs
+    to the last display or short loss line before it (or the state's), a
+    clipping line to the lr line right before it (or the state's); the rare
+    lines of the stretch touch none of it.
+    """
+    import numpy as np
+
+    from .kernels import logscan as ks
+
+    kind = ev.kind[a:b]
+    idx = np.flatnonzero(kind != ks.EV_RARE)
+    if not idx.size:
+        return
+    kind = kind[idx]
+    idx += a
+    st.caffe_seen = True
+    run = st.get_run()
+    ar = np.arange(idx.size)
+    ival, v0 = ev.ival, ev.v0
+    is_loss = (kind == ks.EV_DISPLAY) | (kind == ks.EV_SHORT_LOSS)
+    # -- train outputs ---------------------------------------------------------
+    o = np.flatnonzero(kind == ks.EV_OUTPUT)
+    if o.size:
+        owner = np.maximum.accumulate(np.where(is_loss, ar, -1))[o]
+        its = np.where(owner >= 0, ival[idx[np.maximum(owner, 0)]], st.cur_iter)
+        oi = idx[o]
+        kid = ev.key[oi]
+        ids, first = np.unique(kid, return_index=True)
+        groups: dict = {}
+        for j in np.argsort(first, kind="stable").tolist():
+            kb = buf[int(ev.kstart[ids[j]]) : int(ev.kend[ids[j]])]
+            k, name = _key(kb)
+            groups.setdefault(OutputKey("train", 0, k, name), []).append(int(ids[j]))
+        for key, kids in groups.items():
+            mask = kid == kids[0] if len(kids) == 1 else np.isin(kid, kids)
+            sel = oi[mask]
+            f = int(sel[0])
+            s = st.output_series(key, float(ev.v1[f]) if ev.flags[f] & ks.F_WEIGHT else None)
+            s.iter.frombytes(its[mask].astype(np.int64).tobytes())
+            s.value.frombytes(v0[sel].tobytes())
+    # -- losses ----------------------------------------------------------------
+    li = idx[is_loss]
+    if li.size:
+        run.loss.iter.frombytes(ival[li].tobytes())
+        run.loss.value.frombytes(v0[li].tobytes())
+        st.cur_iter = int(ival[li[-1]])
+        short = li[ev.kind[li] == ks.EV_SHORT_LOSS]
+        if short.size:
+            run.final_loss = (int(ival[short[-1]]), float(v0[short[-1]]))
+    # -- clipping (before the lr lines move the state) ------------------------
+    is_lr = kind == ks.EV_LR
+    c = np.flatnonzero(kind == ks.EV_CLIP)
+    if c.size:
+        prev = np.maximum.accumulate(np.where(is_lr, ar, -1))[c]
+        pi = idx[np.maximum(prev, 0)]
+        lr_line = np.where(prev >= 0, lines[pi], st.lr_line)
+        lr_iter = np.where(prev >= 0, ival[pi], st.lr_iter)
+        ci = idx[c]
+        cl = lines[ci]
+        clip = run.clipping
+        clip.iter.frombytes(np.where(cl == lr_line + 1, lr_iter, -1).astype(np.int64).tobytes())
+        clip.l2norm.frombytes(v0[ci].tobytes())
+        clip.clip_gradients.frombytes(ev.v1[ci].tobytes())
+        clip.scale_factor.frombytes(ev.v2[ci].tobytes())
+        clip.line.frombytes(cl.tobytes())
+    # -- lr --------------------------------------------------------------------
+    ri = idx[is_lr]
+    if ri.size:
+        if run.lr_extra:  # NVCaffe fields earlier in this run: NaN for lines without them
+            for i in ri.tolist():
+                st.add_lr(int(ival[i]), float(v0[i]), None, int(lines[i]))
+        else:
+            run.lr.iter.frombytes(ival[ri].tobytes())
+            run.lr.value.frombytes(v0[ri].tobytes())
+            run.lr.line.frombytes(lines[ri].tobytes())
+            st.lr_line, st.lr_iter = int(lines[ri[-1]]), int(ival[ri[-1]])
+
+
 def read_runs(path) -> list[Run]:
     """Parse a log into its trainings (one :class:`Run` per ``Initializing solver``).
 
     Memory is bounded by the number of logged values (compact arrays), not
-    by the file size. Same errors as :func:`parse_log`.
+    by the file size. Same errors as :func:`parse_log`. Files of 48 MB and
+    more (1 MB once numba is loaded) go through the numba scanner.
     """
     p, f = _open(path)
     st = _State(p)
     with f:
-        for buf, base in _chunks(p, f):
+        scan = _use_scanner(os.fstat(f.fileno()).st_size)
+        for buf, base, lines in _chunks(p, f):
             if not buf:
                 if st.block is not None:
                     st.run.params = SolverParams(p, st.block.line, st.block.text())
@@ -1281,6 +1524,6 @@ def read_runs(path) -> list[Run]:
                     continue
                 st.run.params = SolverParams(p, st.block.line, st.block.text())
                 st.block = None
-            if not _fast_chunk(st, buf, pos, base):
+            if not (_scan_chunk(st, buf, pos, base, lines) if scan else _fast_chunk(st, buf, pos, base)):
                 _slow_chunk(st, buf, pos, base)
     return st.runs  # pragma: no cover

@@ -13,10 +13,14 @@ import math
 import os
 import random
 import re
+import struct
+import sys
 from collections import Counter
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as hst
 
 from harness import logs
 from harness.errors import InputError
@@ -175,15 +179,30 @@ def _dump(runs) -> list:
     return out
 
 
-def _slow_runs(monkeypatch, path):
+#: read_runs' three ways through a chunk: the numba scanner (large files),
+#: the regex bulk passes (small files), the per-line reference path
+PATHS = ("scanner", "regex", "per-line")
+
+
+def _runs(monkeypatch, path, how):
+    """read_runs(path) forced through one of PATHS."""
     with monkeypatch.context() as m:
-        m.setattr(logs, "_fast_chunk", lambda *a: False)
+        for name in ("_SCAN_MIN", "_SCAN_MIN_LOADED"):
+            m.setattr(logs, name, 0 if how == "scanner" else 1 << 62)
+        if how == "per-line":
+            m.setattr(logs, "_fast_chunk", lambda *a: False)
+            m.setattr(logs, "_scan_chunk", lambda *a: False)
         return read_runs(path)
 
 
+def _slow_runs(monkeypatch, path):
+    return _runs(monkeypatch, path, "per-line")
+
+
+@pytest.mark.parametrize("how", PATHS[:2])
 @pytest.mark.parametrize("path", ALL_LOGS, ids=_id)
-def test_bulk_path_equals_per_line_path(path, monkeypatch):
-    assert _dump(read_runs(path)) == _dump(_slow_runs(monkeypatch, path))
+def test_bulk_path_equals_per_line_path(path, how, monkeypatch):
+    assert _dump(_runs(monkeypatch, path, how)) == _dump(_slow_runs(monkeypatch, path))
 
 
 @pytest.mark.parametrize("chunk", [97, 1000, 4096])
@@ -192,9 +211,44 @@ def test_bulk_path_equals_per_line_path(path, monkeypatch):
 def test_chunk_boundaries_change_nothing(path, chunk, monkeypatch):
     want = _dump(read_runs(path))
     monkeypatch.setattr(logs, "_CHUNK", chunk)
-    assert _dump(read_runs(path)) == want
-    assert _dump(_slow_runs(monkeypatch, path)) == want
+    for how in PATHS:
+        assert _dump(_runs(monkeypatch, path, how)) == want, how
     assert [r for r in parse_log(path)][-1].line == path.read_bytes().count(b"\n")
+
+
+def test_large_files_take_the_scanner(monkeypatch):
+    taken = []
+    scan = logs._scan_chunk
+    monkeypatch.setattr(logs, "_scan_chunk", lambda *a: taken.append(1) or scan(*a))
+    size = MULTISTEP.stat().st_size
+    monkeypatch.setattr(logs, "_SCAN_MIN_LOADED", size + 1)
+    monkeypatch.delitem(sys.modules, "numba", raising=False)
+    monkeypatch.setattr(logs, "_SCAN_MIN", size + 1)
+    read_runs(MULTISTEP)
+    assert not taken  # a small log: numba is not even imported for it
+    monkeypatch.setattr(logs, "_SCAN_MIN", size)
+    read_runs(MULTISTEP)
+    assert taken == [1]
+
+
+def test_numba_loaded_lowers_the_scanner_threshold(monkeypatch):
+    import numba  # noqa: F401
+
+    assert logs._use_scanner(logs._SCAN_MIN_LOADED) and not logs._use_scanner(logs._SCAN_MIN_LOADED - 1)
+    monkeypatch.delitem(sys.modules, "numba")
+    assert logs._use_scanner(logs._SCAN_MIN) and not logs._use_scanner(logs._SCAN_MIN - 1)
+
+
+def test_lines_of_a_parameter_block_are_no_records(tmp_path, monkeypatch):
+    """A fatal-looking line inside the block is block text on every path."""
+    lines = MULTISTEP.read_text().split("\n")
+    lines.insert(5, "F1123 19:06:55.790000  7839 main.py:3] boom")
+    p = tmp_path / "block.log"
+    p.write_text("\n".join(lines))
+    runs = [_dump(_runs(monkeypatch, p, how)) for how in PATHS]
+    assert runs[0] == runs[1] == runs[2]
+    [run] = read_runs(p)
+    assert run.fatal is None and "main.py:3] boom" in run.params.text
 
 
 def test_read_runs_matches_the_records(monkeypatch):
@@ -600,8 +654,263 @@ def test_bulk_and_per_line_paths_agree_on_mangled_logs(tmp_path, monkeypatch, se
     p = tmp_path / "mangled.log"
     p.write_text("\n".join(out) + "\n")
     monkeypatch.setattr(logs, "_CHUNK", rng.choice([512, 3000, 1 << 20]))
-    fast = _outcome(lambda: read_runs(p))
+    fast = _outcome(lambda: _runs(monkeypatch, p, "regex"))
     slow = _outcome(lambda: _slow_runs(monkeypatch, p))
     assert fast == slow
+    assert _outcome(lambda: _runs(monkeypatch, p, "scanner")) == slow
     records = _outcome(lambda: list(parse_log(p)), dump=lambda recs: [_rec(r) for r in recs])
     assert records[0] == fast[0] and (fast[0] == "ok" or records[1] == fast[1])
+
+
+# ---------------------------------------------------------------------------
+# The numba scanner: every event it parses is the regex's record
+# ---------------------------------------------------------------------------
+
+_EVENT_KIND = {  # scanner event -> _REC kind
+    "EV_DISPLAY": logs.K_LOSS,
+    "EV_SHORT_LOSS": logs.K_SLOSS,
+    "EV_OUTPUT": logs.K_OUT,
+    "EV_LR": logs.K_LR,
+    "EV_CLIP": logs.K_CLIP,
+}
+
+
+def _bits(x: float) -> bytes:
+    return struct.pack("<d", x)
+
+
+def _scanner_vs_regex(buf: bytes) -> Counter:
+    """Scan ``buf`` and check every event against ``_REC`` on its line:
+    the candidate lines are the per-line path's, a bulk event is the
+    regex's record with the same numbers (bit for bit, unless left to
+    float()). Returns the count of event kinds and of numbers left."""
+    from harness.kernels import logscan as ks
+
+    names = {getattr(ks, n): n for n in _EVENT_KIND}
+    ev = logs._scan_events(buf, 0)
+    n = int(ev.counts[ks.C_EVENTS])
+    assert ev.counts[ks.C_STATUS] == ks.ST_OK
+    assert ev.counts[ks.C_SOLVER] == buf.count(b"solver.cpp:")
+    assert ev.counts[ks.C_LINES] == buf.count(b"\n")
+    starts = [int(x) for x in ev.start[:n]]
+    assert starts == logs._line_starts(buf, 0, len(buf))
+    seen = Counter()
+    for i, ls in enumerate(starts):
+        le = buf.find(b"\n", ls)
+        assert ev.line[i] == buf.count(b"\n", 0, ls)
+        kind = int(ev.kind[i])
+        if kind == ks.EV_RARE:
+            seen["EV_RARE"] += 1
+            continue
+        seen[names[kind]] += 1
+        m = logs._REC.match(buf, ls, le)
+        text = buf[ls:le]
+        assert m is not None and logs._KIND_BY_GROUP[m.lastindex] == _EVENT_KIND[names[kind]], text
+        assert logs._KIND_OF_EVENT[kind] == _EVENT_KIND[names[kind]]
+        g = m.group
+        if kind == ks.EV_DISPLAY:
+            assert g(logs._LS_PS) is not None
+            want = [g(logs._LS_V)]
+            assert ev.ival[i] == int(g(logs._LS_IT))
+        elif kind == ks.EV_SHORT_LOSS:
+            want = [g(logs._SL_V)]
+            assert ev.ival[i] == int(g(logs._SL_IT))
+        elif kind == ks.EV_LR:
+            assert not g(logs._LR_X)
+            want = [g(logs._LR_V)]
+            assert ev.ival[i] == int(g(logs._LR_IT))
+        elif kind == ks.EV_CLIP:
+            want = [g(logs._CL_N), g(logs._CL_C), g(logs._CL_S)]
+        else:
+            assert g(logs._OUT_PH) == b"Train"
+            k = int(ev.key[i])
+            assert buf[ev.kstart[k] : ev.kend[k]] == g(logs._OUT_K) + b": " + g(logs._OUT_NAME), text
+            assert bool(ev.flags[i] & ks.F_WEIGHT) == (g(logs._OUT_W) is not None), text
+            want = [g(logs._OUT_V)] + ([g(logs._OUT_W)] if g(logs._OUT_W) is not None else [])
+        if ev.flags[i] & ks.F_PYFLOAT:
+            seen["float()"] += 1
+            continue
+        got = [ev.v0[i], ev.v1[i], ev.v2[i]][: len(want)]
+        assert [_bits(x) for x in got] == [_bits(float(w)) for w in want], text
+    return seen
+
+
+def test_scanner_events_are_the_regex_records_on_every_fixture_log():
+    seen = Counter()
+    for path in ALL_LOGS:
+        seen += _scanner_vs_regex(path.read_bytes())
+    # the fixtures hold every shape, and nan/inf/1e+38 (left to float())
+    assert set(seen) == {"EV_DISPLAY", "EV_SHORT_LOSS", "EV_OUTPUT", "EV_LR", "EV_CLIP", "EV_RARE", "float()"}
+
+
+_G = "I1123 19:06:55.791132  7839 "
+_SHAPES = [
+    _G + "solver.cpp:239] Iteration {i} ({v} iter/s, {v}s/{i} iters), loss = {v}",
+    _G + "solver.cpp:327] Iteration {i}, loss = {v}",
+    _G + "solver.cpp:258]     Train net output #{i}: {name} = {v}",
+    _G + "solver.cpp:258]     Train net output #{i}: {name} = {v} (* {v} = {v} loss)",
+    _G + "sgd_solver.cpp:112] Iteration {i}, lr = {v}",
+    _G + "sgd_solver.cpp:99] Gradient clipping: scaling down gradients (L2 norm {v} > {v}) by scale factor {v}",
+]
+#: numbers as Caffe prints them (%g) and the awkward ones
+VALUES = ["1e-05", "-2.32449e-30", "4.32297e+12", "0", "-0", "nan", "-nan", "inf", "-inf", "+inf", "0.02",
+          "9.21845", "-92.4213", "1e+38", "3.40282e+38", "1.17549e-38", "5.16989e+21", "1e22", "1e23", "1e-22",
+          "1e-23", "123456789012345", "1234567890123456", "9007199254740993", "0.1", "1.", ".5", "00012",
+          "0e999", "-0.0e-5", "1e", "1e+", "e5", ".", "-", "nanx", "infinity", "1.5.3", "0x10", "1_0", "NaN"]
+
+
+def _shape_lines(rng: random.Random, values, n: int) -> list[str]:
+    out = []
+    for _ in range(n):
+        shape = rng.choice(_SHAPES)
+        text = re.sub(r"\{(\w+)\}", lambda m: {
+            "i": rng.choice(["0", "7", "2147483647", "2147483648", "99999999999", "012"]),
+            "v": rng.choice(values),
+            "name": rng.choice(["loss", "z0", "", "a=b", "\u00e9", "x:y"]),
+        }[m.group(1)], shape)
+        out.append(text)
+    return out
+
+
+def _mutate(rng: random.Random, s: str) -> str:
+    alphabet = " ()=:#.-+e0123456789naif]\r*/sFTl"
+    for _ in range(rng.choice([0, 1, 1, 2, 3])):
+        i = rng.randrange(len(s) + 1)
+        op = rng.randrange(4)
+        if op == 0:
+            s = s[:i] + s[i + 1 :]
+        elif op == 1:
+            s = s[:i] + rng.choice(alphabet) + s[i:]
+        elif op == 2:
+            s = s[:i] + rng.choice(alphabet) + s[i + 1 :]
+        else:
+            j = rng.randrange(len(s) + 1)
+            s = s[:i] + s[min(i, j) : max(i, j)] + s[i:]
+    return s
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_scanner_events_are_the_regex_records_on_mutated_lines(seed):
+    rng = random.Random(seed)
+    lines = [_mutate(rng, s) for s in _shape_lines(rng, VALUES, 3000)]
+    lines += ["caffe.cpp:1] " + s for s in lines[:50]] + ["F" + s for s in lines[50:100]]
+    rng.shuffle(lines)
+    seen = _scanner_vs_regex(("\n".join(lines) + "\n").encode())
+    assert seen["EV_RARE"] > 100 and seen["float()"] > 100 and min(seen[k] for k in _EVENT_KIND) > 40
+
+
+@given(hst.lists(hst.one_of(
+    hst.floats(allow_nan=True, allow_infinity=True).map(lambda x: f"{x:g}"),
+    hst.floats(allow_nan=False, allow_infinity=False).map(repr),
+    hst.floats(allow_nan=False, allow_infinity=False, width=32).map(lambda x: f"{x:.6g}"),
+    hst.text(alphabet="0123456789.-+einaf", max_size=10),
+), min_size=1, max_size=8), hst.randoms(use_true_random=False))
+def test_scanner_numbers_are_floats(values, rng):
+    """Any token where a number goes: the scanner's value is float()'s, bit
+    for bit, or left to float(), or the line is not a bulk line."""
+    _scanner_vs_regex(("\n".join(_shape_lines(rng, values, 24)) + "\n").encode())
+
+
+@pytest.mark.parametrize("text, bits, left", [
+    ("1e-05", _bits(1e-05), False),
+    ("4.32297e+12", _bits(4.32297e12), False),
+    ("-2.32449e-30", None, True),  # |decimal exponent| > 22: float()
+    ("0", _bits(0.0), False),
+    ("-0", _bits(-0.0), False),
+    ("nan", _bits(float("nan")), False),
+    ("-nan", _bits(float("-nan")), False),
+    ("inf", _bits(math.inf), False),
+    ("-inf", _bits(-math.inf), False),
+    ("0.000123456", _bits(0.000123456), False),
+    ("123456789012345", _bits(123456789012345.0), False),
+    ("1234567890123456", None, True),  # 16 significant digits: float()
+], ids=lambda x: x if isinstance(x, str) else None)
+def test_scanner_number_values(text, bits, left):
+    from harness.kernels import logscan as ks
+
+    ev = logs._scan_events(f"{_LR}Iteration 2, lr = {text}\n".encode(), 0)
+    assert ev.counts[ks.C_EVENTS] == 1 and ev.kind[0] == ks.EV_LR
+    assert bool(ev.flags[0] & ks.F_PYFLOAT) == left
+    if not left:
+        assert _bits(ev.v0[0]) == bits
+
+
+def test_nan_signs_reach_the_series(tmp_path, monkeypatch):
+    text = MULTISTEP.read_text()
+    text = re.sub(r"(Iteration \d+, lr = )0\.02\n", r"\g<1>-nan\n", text, count=1)
+    text = re.sub(r"(Train net output #0: z0 = )\S+", r"\g<1>-nan", text, count=1)
+    p = tmp_path / "nan.log"
+    p.write_text(text)
+    for how in PATHS:
+        [run] = _runs(monkeypatch, p, how)
+        assert _bits(run.lr.value[0]) == _bits(float("-nan")), how
+        assert _bits(run.outputs[OutputKey("train", 0, 0, "z0")].value[0]) == _bits(float("-nan")), how
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_paths_agree_on_logs_of_awkward_numbers(tmp_path, monkeypatch, seed):
+    """A real log with its numbers replaced by the awkward ones (some are
+    not numbers: then every path refuses the log alike)."""
+    rng = random.Random(seed)
+    good = [v for v in VALUES if logs._NUM_RE.fullmatch(v.encode())]
+    pool = good if seed % 2 else VALUES
+    num = re.compile(r"(?<=[ (])(?<!step = )(?<!Iteration )-?\d+(?:\.\d+)?(?:e[-+]\d+)?(?=[ )\n])")  # not an int field
+    text = num.sub(lambda m: rng.choice(pool) if rng.random() < 0.3 else m.group(0), MULTISTEP.read_text())
+    p = tmp_path / "awkward.log"
+    p.write_text(text)
+    monkeypatch.setattr(logs, "_CHUNK", rng.choice([700, 1 << 20]))
+    want = _outcome(lambda: _slow_runs(monkeypatch, p))
+    assert want[0] == ("ok" if seed % 2 else "error")
+    for how in PATHS[:2]:
+        assert _outcome(lambda: _runs(monkeypatch, p, how)) == want, how
+
+
+def test_scanner_key_table_full_takes_the_regex_path(monkeypatch):
+    monkeypatch.setattr(logs, "_SCAN_KEYS", 4)  # MULTISTEP has 9 train outputs
+    taken = []
+    fast = logs._fast_chunk
+    monkeypatch.setattr(logs, "_fast_chunk", lambda *a: taken.append(1) or fast(*a))
+    assert _dump(_runs(monkeypatch, MULTISTEP, "scanner")) == _dump(_slow_runs(monkeypatch, MULTISTEP))
+    assert taken == [1]
+
+
+def test_output_names_equal_after_decoding_are_one_series(tmp_path, monkeypatch):
+    """Keys are byte spans in the scanner; b'\\xff' and b'\\xfe' both decode
+    to U+FFFD and '#01' is index 1: one OutputKey, values in line order."""
+    head = _G.encode() + b"solver.cpp:258]     Train net output #"
+    lines = [_G.encode() + b"solver.cpp:239] Iteration 0 (1 iter/s, 0s/1 iters), loss = 1"]
+    for i, k in enumerate([b"1: \xff", b"01: \xfe", b"1: \xff", b"2: a"]):
+        lines.append(head + k + b" = %d" % i)
+    p = tmp_path / "keys.log"
+    p.write_bytes(b"\n".join(lines) + b"\n")
+    runs = [_dump(_runs(monkeypatch, p, how)) for how in PATHS]
+    assert runs[0] == runs[1] == runs[2]
+    [run] = read_runs(p)
+    assert list(run.outputs[OutputKey("train", 0, 1, "\ufffd")].value) == [0, 1, 2]
+
+
+def test_scanner_needs_no_per_line_fallback_on_caffe_logs(tmp_path, monkeypatch):
+    """Speed, not results: Caffe's own lines (also with CRLF ends) are all
+    scanner shapes or rare lines; only NVCaffe's take the per-line path."""
+    crlf = tmp_path / "crlf.log"
+    crlf.write_bytes(MULTISTEP.read_bytes().replace(b"\n", b"\r\n"))
+    slow = []
+    per_line = logs._slow_chunk
+    monkeypatch.setattr(logs, "_slow_chunk", lambda *a: slow.append(1) or per_line(*a))
+    monkeypatch.setattr(logs, "_SCAN_MIN", 0)
+    monkeypatch.setattr(logs, "_SCAN_MIN_LOADED", 0)
+    for path in ALL_LOGS + [crlf]:
+        slow.clear()
+        read_runs(path)
+        assert bool(slow) == (path.name == "synthetic-nvcaffe.log"), path
+
+
+def test_scanner_event_arrays_grow_for_short_lines():
+    """The first try has room for a candidate every 32 bytes; 2-byte F lines
+    need the second, one slot per line."""
+    from harness.kernels import logscan as ks
+
+    buf = b"x\n" * 10 + b"F\n" * 3000
+    ev = logs._scan_events(buf, 4)
+    assert ev.counts[ks.C_STATUS] == ks.ST_OK and ev.counts[ks.C_EVENTS] == 3000
+    assert ev.counts[ks.C_LINES] == 3008 and list(ev.line[:2]) == [8, 9] and ev.start[0] == 20
