@@ -8,10 +8,12 @@ parameters and the net set-up, then per iteration the display line, train net
 outputs with loss weights, MultiStep status, the lr line, gradient clipping,
 snapshots, and every ``--test-interval`` iterations a test phase; foreign
 lines are interleaved. Then times ``read_runs`` (compact series, the path the
-CLI uses) and ``parse_log`` (one record object per line) on one core and
-prints MB/s.
+CLI uses; on a file this large, the numba scanner) and ``parse_log`` (one
+record object per line) on one core and prints MB/s. The first ``read_runs``
+call, which starts numba, is timed apart (``first call``); ``--regex`` also
+times ``read_runs`` through the regex passes it takes for small files.
 
-    python benchmarks/bench_logs.py [--mb 256] [--out PATH] [--keep] [--repeat 3]
+    python benchmarks/bench_logs.py [--mb 256] [--out PATH] [--keep] [--repeat 3] [--regex]
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
+from harness import logs  # noqa: E402
 from harness.logs import parse_log, read_runs  # noqa: E402
 
 HEADER_LOG = os.path.join(os.path.dirname(HERE), "fixtures", "caffe-runs", "sgd-multistep", "caffe.log")
@@ -98,12 +101,24 @@ def write_log(path: str, megabytes: float, *, outputs: int = 9, test_interval: i
     return os.path.getsize(path)
 
 
-def bench(path: str, repeat: int, parse_log_too: bool = True) -> dict:
+def _regex_read_runs(path: str):
+    """read_runs through the regex passes (the path of small files)."""
+    saved = logs._SCAN_MIN, logs._SCAN_MIN_LOADED
+    logs._SCAN_MIN = logs._SCAN_MIN_LOADED = 1 << 62
+    try:
+        return read_runs(path)
+    finally:
+        logs._SCAN_MIN, logs._SCAN_MIN_LOADED = saved
+
+
+def bench(path: str, repeat: int, parse_log_too: bool = True, regex: bool = False) -> dict:
     """Best-of-``repeat`` MB/s of read_runs and parse_log on ``path``, by CPU
     time of this process (one core) and by wall time."""
     size = os.path.getsize(path)
     res = {}
     cases = [("read_runs", lambda: read_runs(path))]
+    if regex:
+        cases.append(("regex", lambda: _regex_read_runs(path)))
     if parse_log_too:
         cases.append(("parse_log", lambda: sum(1 for _ in parse_log(path))))
     for name, fn in cases:
@@ -125,18 +140,24 @@ def main(argv=None) -> int:
     ap.add_argument("--keep", action="store_true", help="keep (and reuse) the log file")
     ap.add_argument("--outputs", type=int, default=9, help="train net outputs per display (default 9, as the fixtures)")
     ap.add_argument("--no-parse-log", action="store_true", help="time read_runs only")
+    ap.add_argument("--regex", action="store_true", help="also time read_runs through the regex passes")
     args = ap.parse_args(argv)
     if not (os.path.exists(args.out) and os.path.getsize(args.out) >= args.mb * 1e6 and args.keep):
         write_log(args.out, args.mb, outputs=args.outputs)
     size = os.path.getsize(args.out)
-    runs = read_runs(args.out)
+    load = os.getloadavg()[0]
+    c0, w0 = time.process_time(), time.perf_counter()
+    runs = read_runs(args.out)  # starts numba (import, kernel from its cache)
+    first = (size / 1e6 / (time.process_time() - c0), size / 1e6 / (time.perf_counter() - w0))
     npoints = sum(len(r.lr) for r in runs)
-    res = bench(args.out, args.repeat, not args.no_parse_log)
+    res = {"first call": first}
+    res.update(bench(args.out, args.repeat, not args.no_parse_log, args.regex))
     print(f"log: {args.out}, {size / 1e6:.1f} MB, {npoints} lr lines, {args.outputs} outputs per display")
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"load {os.getloadavg()[0]:.2f}, Python {platform.python_version()}")
+          f"load {load:.2f} before / {os.getloadavg()[0]:.2f} after, Python {platform.python_version()}, "
+          f"{time.strftime('%Y-%m-%d %H:%M')}")
     for name, (cpu, wall) in res.items():
-        print(f"{name:10s} {cpu:7.1f} MB/s (CPU time, one core)  {wall:7.1f} MB/s (wall)")
+        print(f"{name:11s} {cpu:7.1f} MB/s (CPU time, one core)  {wall:7.1f} MB/s (wall)")
     if not args.keep:
         os.unlink(args.out)
     return 0
