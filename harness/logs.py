@@ -1050,7 +1050,6 @@ def _floats(strs: list) -> array | object:
 def _fast_chunk(st: _State, buf: bytes, pos0: int, base: int) -> bool:
     """Fold ``buf[pos0:]`` with bulk passes; False (state untouched) when the
     chunk needs the record-by-record path."""
-    p = st.p
     end = len(buf)
     n_solver = buf.count(b"solver.cpp:", pos0, end)
     # -- rare lines, one by one ---------------------------------------------

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import random
 import re
 import struct
@@ -30,12 +29,9 @@ from harness.logs import (
     LearningRate,
     LogEnd,
     Loss,
-    MultiStepStatus,
     NetName,
     NetOutput,
-    OptimizationDone,
     OutputKey,
-    Restore,
     Snapshot,
     SolverParams,
     StoppedEarly,
