@@ -1134,6 +1134,14 @@ def _fast_chunk(st: _State, buf: bytes, pos0: int, base: int) -> bool:
             if stop < 0:
                 return True  # the rest of the chunk is the block
             lr_by_line = {}
+        if outs:  # new output series in line order, among the rare lines' (as the per-line path)
+            for pos, key, w in _new_train_outputs(st, buf, a, b, outs):
+                while rare_i < len(rare) and rare[rare_i][0] < pos:
+                    ls, kind, m = rare[rare_i]
+                    if ls >= stop:
+                        st.apply(kind, rare_lines[rare_i], m)
+                    rare_i += 1
+                st.output_series(key, w)
         if disp or outs:
             _commit_segment(st, plan)
         lr_j = bisect_left(lr_pos, b, lr_i)
@@ -1167,6 +1175,25 @@ def _fast_chunk(st: _State, buf: bytes, pos0: int, base: int) -> bool:
                 st.apply(kind, rare_lines[rare_i], m)
             rare_i += 1
     return True
+
+
+def _new_train_outputs(st: _State, buf: bytes, a: int, b: int, outs: list) -> list:
+    """``(position, key, loss weight)`` of the first line of each train
+    output of ``buf[a:b]`` (``_FAST_OUT`` tuples) that has no series yet,
+    in line order. Every output-like line there is a strict match (checked
+    by counting), so the first ``KEY = `` after the literal is that line."""
+    first: dict = {}
+    for i, t in enumerate(outs):
+        if t[0] not in first:
+            first[t[0]] = i
+    run = st.get_run()
+    new = []
+    for kb, i in first.items():
+        key = OutputKey("train", 0, *_key(kb))
+        if key not in run.outputs:
+            new.append((buf.find(_OUT_LIT + kb + b" = ", a, b), key, outs[i][2] or outs[i][3] or None))
+    new.sort(key=lambda x: x[0])
+    return new
 
 
 def _line_numbers(buf: bytes, base: int, positions: list) -> array:
@@ -1357,7 +1384,7 @@ def _scan_chunk(st: _State, buf: bytes, pos0: int, base: int, n_buf_lines: int) 
     lines = ev.line[:n] + line0
     find, match = buf.find, _REC.match
     # -- rare lines: the per-line regex, before any state change -------------
-    rare = []  # (event index, kind, line, match)
+    rare = []  # (event, kind, line, match)
     for i in np.flatnonzero(kind == ks.EV_RARE).tolist():
         ls = int(start[i])
         m = match(buf, ls, find(b"\n", ls))
@@ -1398,29 +1425,28 @@ def _scan_chunk(st: _State, buf: bytes, pos0: int, base: int, n_buf_lines: int) 
         if i < a:
             continue  # a line of the parameter block (the per-line path skips those)
         if k == K_INIT:
-            _commit_events(st, buf, ev, lines, a, i)
-            for r in pending:
-                st.apply(*r)
+            _commit_events(st, buf, ev, lines, a, i, pending)
             pending = []
             stop = _start_block(st, line, buf, m.end() + 1)
             if stop < 0:
                 return True  # the rest of the chunk is the block
             a = int(np.searchsorted(start, stop))
         else:
-            pending.append((k, line, m))
-    _commit_events(st, buf, ev, lines, a, n)
-    for r in pending:
-        st.apply(*r)
+            pending.append((i, k, line, m))
+    _commit_events(st, buf, ev, lines, a, n, pending)
     return True
 
 
-def _commit_events(st: _State, buf: bytes, ev: _Events, lines, a: int, b: int) -> None:
-    """Fold the bulk events ``a:b`` (one run's stretch) into the state.
+def _commit_events(st: _State, buf: bytes, ev: _Events, lines, a: int, b: int, rare: list) -> None:
+    """Fold the events ``a:b`` (one run's stretch) into the state: the bulk
+    ones from the arrays, the ``rare`` ones (``(event, kind, line, match)``)
+    by ``_State.apply``.
 
-    Their order matters only through the state they share: an output belongs
-    to the last display or short loss line before it (or the state's), a
+    Order matters only through the state they share: an output belongs to
+    the last display or short loss line before it (or the state's), a
     clipping line to the lr line right before it (or the state's); the rare
-    lines of the stretch touch none of it.
+    lines touch none of it, but new output series are created in line order
+    (``run.outputs`` keeps the per-line path's order).
     """
     import numpy as np
 
@@ -1429,6 +1455,8 @@ def _commit_events(st: _State, buf: bytes, ev: _Events, lines, a: int, b: int) -
     kind = ev.kind[a:b]
     idx = np.flatnonzero(kind != ks.EV_RARE)
     if not idx.size:
+        for _, k, line, m in rare:
+            st.apply(k, line, m)
         return
     kind = kind[idx]
     idx += a
@@ -1439,6 +1467,7 @@ def _commit_events(st: _State, buf: bytes, ev: _Events, lines, a: int, b: int) -
     is_loss = (kind == ks.EV_DISPLAY) | (kind == ks.EV_SHORT_LOSS)
     # -- train outputs ---------------------------------------------------------
     o = np.flatnonzero(kind == ks.EV_OUTPUT)
+    series = []  # (first event, key, mask of its outputs)
     if o.size:
         owner = np.maximum.accumulate(np.where(is_loss, ar, -1))[o]
         its = np.where(owner >= 0, ival[idx[np.maximum(owner, 0)]], st.cur_iter)
@@ -1452,11 +1481,18 @@ def _commit_events(st: _State, buf: bytes, ev: _Events, lines, a: int, b: int) -
             groups.setdefault(OutputKey("train", 0, k, name), []).append(int(ids[j]))
         for key, kids in groups.items():
             mask = kid == kids[0] if len(kids) == 1 else np.isin(kid, kids)
-            sel = oi[mask]
-            f = int(sel[0])
-            s = st.output_series(key, float(ev.v1[f]) if ev.flags[f] & ks.F_WEIGHT else None)
-            s.iter.frombytes(its[mask].astype(np.int64).tobytes())
-            s.value.frombytes(v0[sel].tobytes())
+            series.append((int(oi[mask][0]), key, mask))
+    j = 0
+    for i, k, line, m in rare:
+        while j < len(series) and series[j][0] < i:
+            f, key, _ = series[j]
+            st.output_series(key, float(ev.v1[f]) if ev.flags[f] & ks.F_WEIGHT else None)
+            j += 1
+        st.apply(k, line, m)
+    for f, key, mask in series:
+        s = st.output_series(key, float(ev.v1[f]) if ev.flags[f] & ks.F_WEIGHT else None)
+        s.iter.frombytes(its[mask].astype(np.int64).tobytes())
+        s.value.frombytes(v0[oi[mask]].tobytes())
     # -- losses ----------------------------------------------------------------
     li = idx[is_loss]
     if li.size:

@@ -162,11 +162,11 @@ def _dump(runs) -> list:
             elif isinstance(v, logs.ClipSeries):
                 d[k] = (list(v.iter), list(v.l2norm), list(v.clip_gradients), list(v.scale_factor), list(v.line))
             elif k in ("outputs", "test_loss"):
-                d[k] = sorted((kk, list(s.iter), [repr(x) for x in s.value]) for kk, s in v.items())
+                d[k] = [(kk, list(s.iter), [repr(x) for x in s.value]) for kk, s in v.items()]  # in order
             elif k == "lr_extra":
                 d[k] = sorted((kk, [repr(x) for x in a]) for kk, a in v.items())
             elif k == "loss_weights":
-                d[k] = sorted(v.items())
+                d[k] = list(v.items())
             elif k == "final_loss":
                 d[k] = None if v is None else (v[0], repr(v[1]))
             else:
