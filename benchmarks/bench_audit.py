@@ -73,15 +73,10 @@ def vgg16_layers() -> list[tuple[str, str, list[tuple[int, ...]]]]:
 
 
 def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
+    """Protobuf's base-128 varint, as the snapshot writer encodes it."""
+    from harness.io.blobs import _enc_varint
+
+    return _enc_varint(n)
 
 
 def _tag(number: int, wire: int) -> bytes:
