@@ -25,16 +25,19 @@ measures, in one run on this machine:
 ``caffe``
     real Caffe 1.0's own update (``harness.oracle.find_caffe``): a one-layer
     gradient-injection net (InnerProduct O x D plus bias, O = 1000) trained
-    twice with ``--iters`` and ``3*--iters`` iterations (display and
-    snapshots off); the per-iteration time is the difference of the two runs
-    (from the ``Iteration 0, lr`` log line to ``Optimization Done``) over
-    the extra iterations, so start-up and the first, page-faulting
-    iteration cancel. From it subtract ``caffe time``'s Forward-Backward
-    average for the same net and the time of zeroing the diffs
-    (``ClearParamDiffs``, measured as a numpy fill of that size): what is
+    twice, with k and 3k iterations (k = 3e7/size, 2..30; display and
+    snapshots off); the per-iteration time is the difference of the two
+    runs' CPU times over the extra iterations, so start-up, net set-up and
+    the first, page-faulting iteration cancel. ``caffe time`` on the same
+    net, likewise with K and 3K iterations, gives Forward-Backward. From the
+    iteration subtract Forward-Backward and the time of zeroing the diffs
+    (``ClearParamDiffs``, a one-thread numpy fill of that size): what is
     left is ``ApplyUpdate`` (GetLearningRate, Normalize, Regularize,
-    ComputeUpdateValue, Net::Update). Caffe runs with the oracle's
-    environment (OpenBLAS, ``OPENBLAS_NUM_THREADS=1``).
+    ComputeUpdateValue, Net::Update). Caffe runs single-threaded with the
+    oracle's environment (OpenBLAS, ``OPENBLAS_NUM_THREADS=1``), so its CPU
+    time is its time on an idle core even when other processes share the
+    machine; the wall-clock equivalents (glog timestamps, ``caffe time``'s
+    averages) are kept in the JSON as ``*_wall_ms``.
 ``bits``
     the kernel's result after the first call against a plain serial loop
     (one element at a time, glibc ``powf`` for every ``powx``, FMA where
@@ -61,6 +64,7 @@ import math
 import os
 import platform
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -542,11 +546,30 @@ def _solver_text(solver: str, iters: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def caffe_update(install, solver: str, n: int, iters: int, fb: float | None = None, work: Path | None = None,
-                 timeout: float = 1800) -> dict:
-    """Real Caffe's per-iteration time, forward-backward and update (ms) for ``n`` parameters.
+def _run_caffe(install, args: list[str], work: Path, log_name: str, timeout: float) -> tuple[float, float]:
+    """Run ``caffe ARGS`` in ``work``; ``(wall seconds, CPU seconds of the caffe process)``."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    with open(work / log_name, "wb") as log:
+        rc = install.run(args, cwd=work, timeout=timeout, log=log)
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if rc != 0:
+        raise RuntimeError(f"caffe {args[0]} exited {rc}: see {work / log_name}")
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
-    ``fb`` reuses a Forward-Backward time already measured for this size.
+
+def caffe_update(install, solver: str, n: int, iters: int, fb: dict | None = None, work: Path | None = None,
+                 timeout: float = 1800) -> dict:
+    """Real Caffe's per-iteration, forward-backward and update times (ms) for ``n`` parameters.
+
+    Every time is a difference of two runs that differ only in their
+    iteration count (``iters`` and ``3*iters``), so start-up, net set-up and
+    the first, page-faulting iteration cancel. ``*_ms`` are CPU times of
+    the (single-threaded) caffe process -- robust to other processes on a
+    shared machine; ``*_wall_ms`` the same from glog timestamps / wall
+    clock. ``fb`` reuses forward-backward numbers already measured for
+    this size.
     """
     from harness.oracle import LayerSpec, net_prototxt
 
@@ -558,38 +581,44 @@ def caffe_update(install, solver: str, n: int, iters: int, fb: float | None = No
         if not (work / "net.prototxt").exists():
             _write_injection(work, D, O, rows=4, seed=1)
             (work / "net.prototxt").write_text(net_prototxt([LayerSpec(D=D, O=O)], source=str(work / "inject.txt")))
-        secs = {}
+        wall, cpu, log_secs = {}, {}, {}
         for k in (iters, 3 * iters):
             (work / "solver.prototxt").write_text(_solver_text(solver, k))
-            with open(work / f"train-{k}.log", "wb") as log:
-                rc = install.run(["train", "--solver=solver.prototxt"], cwd=work, timeout=timeout, log=log)
-            if rc != 0:
-                raise RuntimeError(f"caffe train exited {rc}: see {work / f'train-{k}.log'}")
-            secs[k] = _train_seconds(work / f"train-{k}.log")
-        per_iter = (secs[3 * iters] - secs[iters]) / (2 * iters)
+            wall[k], cpu[k] = _run_caffe(install, ["train", "--solver=solver.prototxt"], work, f"train-{k}.log", timeout)
+            log_secs[k] = _train_seconds(work / f"train-{k}.log")
+        extra = 2 * iters
+        out = {"D": D, "O": O, "params": O * D + O, "iters": [iters, 3 * iters],
+               "iter_ms": (cpu[3 * iters] - cpu[iters]) / extra * 1e3,
+               "iter_wall_ms": (log_secs[3 * iters] - log_secs[iters]) / extra * 1e3}
         if fb is None:
-            with open(work / "time.log", "wb") as log:
-                rc = install.run(["time", "--model=net.prototxt", f"--iterations={max(iters, 5)}"], cwd=work,
-                                 timeout=timeout, log=log)
-            m = re.search(r"Average Forward-Backward: ([\d.eE+-]+) ms", (work / "time.log").read_text(errors="replace"))
-            if rc != 0 or not m:
-                raise RuntimeError(f"caffe time failed (exit {rc}): see {work / 'time.log'}")
-            fb = float(m.group(1)) / 1e3
-        return {"iter_ms": per_iter * 1e3, "fb_ms": fb * 1e3, "D": D, "O": O, "params": O * D + O,
-                "iters": [iters, 3 * iters], "run_seconds": secs}
+            k_fb = max(iters, 5)
+            tw, tc = {}, {}
+            for k in (k_fb, 3 * k_fb):
+                tw[k], tc[k] = _run_caffe(install, ["time", "--model=net.prototxt", f"--iterations={k}"], work,
+                                          f"time-{k}.log", timeout)
+            text = (work / f"time-{3 * k_fb}.log").read_text(errors="replace")
+            fwd = re.search(r"Average Forward pass: ([\d.eE+-]+) ms", text)
+            bwd = re.search(r"Average Backward pass: ([\d.eE+-]+) ms", text)
+            if not (fwd and bwd):
+                raise RuntimeError(f"caffe time printed no averages: see {work / f'time-{3 * k_fb}.log'}")
+            fb = {"fb_ms": (tc[3 * k_fb] - tc[k_fb]) / (2 * k_fb) * 1e3,
+                  # caffe time's own per-pass averages (wall, microsecond resolution)
+                  "fb_wall_ms": float(fwd.group(1)) + float(bwd.group(1))}
+        out.update(fb)
+        return out
     finally:
         if own:
             shutil.rmtree(work, ignore_errors=True)
 
 
 def _fill_ms(n: int, repeat: int = 5) -> float:
-    """Median time of zeroing ``n`` floats (Caffe's ClearParamDiffs of that size), in ms."""
+    """Median CPU time of zeroing ``n`` floats on one thread (Caffe's ClearParamDiffs of that size), in ms."""
     a = np.ones(n, f32)
     ts = []
     for _ in range(repeat):
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         a.fill(0)
-        ts.append(time.perf_counter() - t0)
+        ts.append(time.process_time() - t0)
     return statistics.median(ts) * 1e3
 
 
@@ -681,7 +710,12 @@ def run(args) -> dict:
     log(f"triad: {tri['gbs']:.1f} GB/s counting write-allocate ({tri['stream_gbs']:.1f} GB/s STREAM-style), "
         f"one thread {tri['one_thread_gbs']:.1f} GB/s")
     install = None
-    if not args.no_caffe:
+    reused = {}
+    if args.caffe_from:
+        prev = json.loads(Path(args.caffe_from).read_text())
+        reused = {(r["solver"], r["params"]): r["caffe"] for r in prev["results"] if r.get("caffe")}
+        out["caffe"] = dict(prev.get("caffe", {}), reused_from=str(args.caffe_from), measured=prev.get("date"))
+    elif not args.no_caffe:
         from harness.errors import OracleUnavailable
         from harness.oracle import find_caffe
 
@@ -706,13 +740,16 @@ def run(args) -> dict:
                 r["naive_differing"] = naive_check(kernels, solver)
                 naive_done.add(solver)
             if install is not None:
-                iters = 2 if big or args.quick else (3 if n >= 5_000_000 else 10)
+                iters = max(2, min(30, 30_000_000 // n)) if not args.quick else 2
                 c = caffe_update(install, solver, n, iters, fb=fb)
-                fb = c["fb_ms"] / 1e3
+                fb = {k: c[k] for k in ("fb_ms", "fb_wall_ms")}
                 c["clear_ms"] = clear_ms
                 c["update_ms"] = c["iter_ms"] - c["fb_ms"] - clear_ms
                 r["caffe"] = c
                 r["caffe_ms"] = c["update_ms"]
+            elif (solver, n) in reused:
+                r["caffe"] = reused[(solver, n)]
+                r["caffe_ms"] = r["caffe"]["update_ms"]
             r["bound_pct"] = 100.0 * r["bound_ms"] / r["kernel_ms"]
             r["x_numpy"] = r["numpy_ms"] / r["kernel_ms"]
             r["x_caffe"] = r["caffe_ms"] / r["kernel_ms"] if r.get("caffe_ms") else None
@@ -763,6 +800,8 @@ def render(out: dict) -> str:
         f"{m['ram_gb']} GB RAM, Linux {m['kernel']}, glibc {m['glibc']}, numpy {m['numpy']}, numba {m['numba']}",
         f"Triad: {tri['gbs']:.1f} GB/s with write-allocate ({tri['stream_gbs']:.1f} GB/s STREAM-style), one thread "
         f"{tri['one_thread_gbs']:.1f} GB/s",
+        f"Kernels: {out['kernels']}" + (f"; Caffe columns from {out['caffe']['reused_from']} ({out['caffe'].get('measured')})"
+                                        if out.get("caffe", {}).get("reused_from") else ""),
         "",
         "| solver | params | B/param | kernel ms | bound ms | % of bound | numpy ms | x numpy | Caffe update ms "
         "| x Caffe | bits |",
@@ -798,6 +837,8 @@ def main(argv=None) -> int:
     ap.add_argument("--json", default=None, help="also write the full result to this JSON file")
     ap.add_argument("--no-caffe", action="store_true", help="skip real Caffe (it is skipped anyway when not installed)")
     ap.add_argument("--no-check", action="store_true", help="skip the bit checks")
+    ap.add_argument("--caffe-from", default=None, metavar="JSON",
+                    help="reuse the Caffe columns of an earlier --json run (same machine and sizes) instead of rerunning Caffe")
     ap.add_argument("--kernels", default=None, help="benchmark this update.py instead of harness.kernels.update")
     ap.add_argument("--quiet", action="store_true", help="print only the final tables")
     ap.add_argument("--triad-elements", type=int, default=None, help=argparse.SUPPRESS)
