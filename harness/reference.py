@@ -26,8 +26,11 @@ Arithmetic profiles (``PROFILES``) pick how the BLAS rounds:
 ``sdot`` order, ``sscal(0)`` zero-fills), ``separate-rounding`` (reference
 BLAS: every operation rounded separately, sequential ``sdot``, ``sscal``
 multiplies), ``separate-rounding-atlas`` (ATLAS: the same, except for its
-``sdot`` order: four round-robin accumulators) and ``float64`` (the same operation
+``sdot`` order: four round-robin accumulators, and the NaN its ``saxpy``
+keeps: y's before the product's) and ``float64`` (the same operation
 order evaluated in double throughout: an exact-math yardstick, not Caffe).
+Where several operands are NaN, each profile keeps the NaN its Caffe build
+keeps (``harness.kernels.update``'s module docstring).
 """
 
 from __future__ import annotations
@@ -55,14 +58,25 @@ __all__ = [
 
 @dataclass(frozen=True)
 class Profile:
-    """How one Caffe build rounds: precision, FMA in saxpy, ``sscal(0)``, ``sdot`` order."""
+    """How one Caffe build rounds: precision, saxpy's form, ``sscal(0)``, ``sdot`` order.
+
+    ``axpy`` is the form of ``saxpy`` (``harness.kernels.update.AXPY_*``):
+    separate roundings with the product's NaN first (reference BLAS), fused
+    (OpenBLAS) or separate with y's NaN first (ATLAS); it also decides which
+    NaN ``Net::Update`` keeps.
+    """
 
     name: str
     dtype: type
-    fused: bool
+    axpy: int
     zero_fill: int
     sumsq: str
     description: str = ""
+
+    @property
+    def fused(self) -> bool:
+        """Whether ``saxpy`` is one FMA (``axpy == AXPY_FUSED``)."""
+        return self.axpy == _k.AXPY_FUSED
 
     def sumsq_of(self, x: np.ndarray):
         """``sdot(x, x)`` in this profile's order and precision."""
@@ -79,13 +93,13 @@ _SUMSQ = {
 PROFILES: dict[str, Profile] = {
     p.name: p
     for p in (
-        Profile("caffe-openblas", np.float32, True, _k.SCAL_ZERO_FILL_NAN, "openblas-haswell",
+        Profile("caffe-openblas", np.float32, _k.AXPY_FUSED, _k.SCAL_ZERO_FILL_NAN, "openblas-haswell",
                 "Caffe 1.0 with OpenBLAS 0.3.13 (Haswell/Zen kernels): saxpy fuses into FMA"),
-        Profile("separate-rounding", np.float32, False, _k.SCAL_MULTIPLY, "sequential",
+        Profile("separate-rounding", np.float32, _k.AXPY_SEPARATE, _k.SCAL_MULTIPLY, "sequential",
                 "Caffe 1.0 with reference BLAS: every operation rounded separately"),
-        Profile("separate-rounding-atlas", np.float32, False, _k.SCAL_MULTIPLY, "atlas",
-                "Caffe 1.0 with ATLAS: separate rounding, ATLAS's sdot order"),
-        Profile("float64", np.float64, False, _k.SCAL_MULTIPLY, "float64",
+        Profile("separate-rounding-atlas", np.float32, _k.AXPY_SEPARATE_Y_FIRST, _k.SCAL_MULTIPLY, "atlas",
+                "Caffe 1.0 with ATLAS: separate rounding (y's NaN first in saxpy), ATLAS's sdot order"),
+        Profile("float64", np.float64, _k.AXPY_SEPARATE, _k.SCAL_MULTIPLY, "float64",
                 "Caffe's operation order in double: an exact-math yardstick"),
     )
 }
@@ -330,7 +344,7 @@ class Reference:
         cfg = self.config
         prof = self.profile
         dt = prof.dtype
-        fused, zf = prof.fused, prof.zero_fill
+        form, zf = prof.axpy, prof.zero_fill
         n = len(self._specs)
         wd = dt(cfg.weight_decay)
         momentum = dt(cfg.momentum)
@@ -350,21 +364,21 @@ class Reference:
             local_rate = dt(rate * dt(spec.lr_mult))
             pro = (clip_scale, norm, reg, local_decay)
             if kind == "SGD":
-                _k.sgd_update(w, g, h, *pro, local_rate, momentum, fused, zf)
+                _k.sgd_update(w, g, h, *pro, local_rate, momentum, form, zf)
             elif kind == "Nesterov":
-                _k.nesterov_update(w, g, h, *pro, local_rate, momentum, dt(one + momentum), dt(-momentum), fused, zf)
+                _k.nesterov_update(w, g, h, *pro, local_rate, momentum, dt(one + momentum), dt(-momentum), form, zf)
             elif kind == "AdaGrad":
-                _k.adagrad_update(w, g, h, *pro, local_rate, delta, fused, zf)
+                _k.adagrad_update(w, g, h, *pro, local_rate, delta, form, zf)
             elif kind == "RMSProp":
                 rho = dt(cfg.rms_decay)
-                _k.rmsprop_update(w, g, h, *pro, local_rate, rho, dt(one - rho), delta, fused, zf)
+                _k.rmsprop_update(w, g, h, *pro, local_rate, rho, dt(one - rho), delta, form, zf)
             elif kind == "AdaDelta":
                 _k.adadelta_update(w, g, h, self._h[n + p], *pro, local_rate, momentum, dt(one - momentum), delta,
-                                   fused, zf)
+                                   form, zf)
             elif kind == "Adam":
                 b2 = dt(cfg.momentum2)
                 _k.adam_update(w, g, h, self._h[n + p], *pro, dt(local_rate * corr), momentum, dt(one - momentum),
-                               b2, dt(one - b2), delta, fused, zf)
+                               b2, dt(one - b2), delta, form, zf)
             else:  # unreachable: __init__ refuses unknown types
                 raise AssertionError(kind)
 

@@ -139,25 +139,10 @@ def check_against_caffe(caffe, blas: str, run: Trace, *, failures: Path = FAILUR
                         f"the capture does not hold the drawn gradient of {name}, iteration {ours.iter} pass {p}")
         result = replay_trace(trace)
         assert result.profile == profile_for_blas(blas)
-        if _is_known_nan_issue(result):
-            event("known issue: which NaN comes out (see test_nan_propagation)")
-            return
         if result.status != "exact":
             kept = keep_failure(out, failures)
             note(f"failing capture kept in {kept}; reproduce with: caffe-harness replay {kept}")
         assert result.status == "exact", f"{blas} build, {run.config.type}/{run.config.lr_policy}: {result.message}"
-
-
-def _is_known_nan_issue(result) -> bool:
-    """The known reference bug class the property finds: which NaN comes out (test_nan_propagation).
-
-    True when the first divergence is a NaN where Caffe has a NaN with other
-    bits. Remove, with that test's xfails, once the reference propagates
-    NaNs as each BLAS does.
-    """
-    d = result.divergence
-    return (result.status == "mismatch" and d is not None and isinstance(d.expected, float)
-            and isinstance(d.got, float) and np.isnan(d.expected) and np.isnan(d.got))
 
 
 @NO_SHRINK
@@ -194,35 +179,71 @@ def test_caffe_and_harness_refuse_alike(caffe, example):
 # ---------------------------------------------------------------------------
 # what the properties found, pinned down as plain tests
 # ---------------------------------------------------------------------------
-_NEG_NAN = float(np.uint32(0xFFC00000).view(np.float32))
-#: each case: solver settings, then data and diff holding NaNs of both signs
+def _nan(sign: int, payload: int, *, quiet: bool = True) -> np.float32:
+    """A NaN with that sign and payload (quiet, or signaling): which NaN survives shows in the bits."""
+    return np.uint32((0xFF800000 if sign < 0 else 0x7F800000) | (0x400000 if quiet else 0) | payload).view(np.float32)
+
+
+def _nan_layer(rows) -> dict[str, np.ndarray]:
+    """A (1, D) weight blob's initial data and two iterations' gradients, from ``(w, g0, g1)`` rows."""
+    cols = [np.array([r[k] for r in rows], np.float32)[None, :] for k in range(3)]
+    return {"init": cols[0], "grad/0": cols[1], "grad/1": cols[2]}
+
+
+_N = _nan
+#: per layer: (decay_mult, rows of (data, iteration 0's diff, iteration 1's diff)); iteration 0 leaves
+#: NaN history and data, so iteration 1 meets NaN pairs among data, diff and history. Seven elements reach
+#: libcaffe's swapped last element (n % 4 == 3), three its scalar loops; the (1, 3) and (1, 7) blobs end
+#: with a NaN history meeting a finite diff (caffe_add_scalar's order shows through the division). Two
+#: initial weights are signaling NaNs: Caffe's first arithmetic on them sets their quiet bit.
+NAN_LAYERS = {
+    "ip0": (1.0, [(_N(1, 1), _N(-1, 11), _N(1, 21)), (_N(-1, 2), _N(1, 12), 1.0), (_N(1, 3), 0.5, _N(-1, 23)),
+                  (1.5, _N(-1, 14), _N(1, 24)), (_N(-1, 5), _N(-1, 15), _N(1, 25)), (0.25, 2.0, _N(-1, 26)),
+                  (_N(1, 7), _N(-1, 17), 0.75)]),
+    "ip1": (0.0, [(_N(1, 7), _N(-1, 17), _N(1, 27)), (0.25, 2.0, _N(-1, 26)), (_N(-1, 5), _N(-1, 15), _N(1, 25)),
+                  (1.5, _N(-1, 14), _N(1, 24)), (_N(1, 3), 0.5, _N(-1, 23)), (_N(-1, 2), _N(1, 12), 1.0),
+                  (_N(1, 1), _N(-1, 11), _N(1, 21))]),
+    "ip2": (1.0, [(_N(-1, 31, quiet=False), _N(1, 32), _N(-1, 33)), (1.0, _N(-1, 34), _N(1, 35)), (_N(1, 36), _N(-1, 37), _N(1, 38))]),
+    "ip3": (0.0, [(_N(1, 41), _N(-1, 42), 2.0), (_N(-1, 43), _N(1, 44), _N(-1, 45)), (_N(1, 46, quiet=False), _N(1, 47), 0.5)]),
+}
+#: solver settings on top of ``base_lr`` 0.5, ``weight_decay`` 0.125, two iterations (``NAN_LAYERS``):
+#: the six solver types with L2 and momentum, with L1 and without it; NaN hyper-parameters reach the
+#: scalar operands (``alpha`` of saxpy/sscal, ``caffe_add_scalar``'s delta)
 NAN_CASES = {
-    "net-update": dict(type="SGD", weight_decay=0.0),  # Net::Update: saxpy(-1, diff, data), both NaN
-    "sgd-l2": dict(type="SGD", weight_decay=0.125),  # Regularize: saxpy(decay, data, diff), both NaN
-    "rmsprop-l2": dict(type="RMSProp", weight_decay=0.125, rms_decay=0.0),
-}
-#: (case, blas) where the reference's NaN is not Caffe's (sign bit), as measured
-NAN_MISMATCHES = {
-    ("net-update", "openblas"): "Net::Update keeps the diff's NaN, the reference's w - g the data's",
-    ("net-update", "reference"): "Net::Update keeps the diff's NaN, the reference's w - g the data's",
-    ("sgd-l2", "reference"): "saxpy(decay, w, g) keeps w's NaN, the reference g's",
-    ("rmsprop-l2", "atlas"): "the update and history keep g's NaN, the reference w's",
+    "net-update": dict(type="SGD", weight_decay=0.0),  # Net::Update only: saxpy(-1, diff, data)
+    "sgd-l2-momentum": dict(type="SGD", momentum=0.9),
+    "sgd-l1": dict(type="SGD", regularization_type="L1"),
+    "nesterov-l2-momentum": dict(type="Nesterov", momentum=0.9),
+    "nesterov-l1": dict(type="Nesterov", regularization_type="L1"),
+    "adagrad-l2": dict(type="AdaGrad"),
+    "adagrad-l1": dict(type="AdaGrad", regularization_type="L1"),
+    "rmsprop-l2": dict(type="RMSProp", rms_decay=0.9),
+    "rmsprop-l1": dict(type="RMSProp", regularization_type="L1", rms_decay=0.0),
+    "adadelta-l2-momentum": dict(type="AdaDelta", momentum=0.95, delta=1e-6),
+    "adadelta-l1": dict(type="AdaDelta", regularization_type="L1", momentum=0.0),
+    "adam-l2-momentum": dict(type="Adam", momentum=0.9, momentum2=0.999),
+    "adam-l1": dict(type="Adam", regularization_type="L1", momentum=0.0, momentum2=0.999),
+    "sgd-nan-rate-decay": dict(type="SGD", base_lr=math.nan, weight_decay=math.nan, momentum=0.9),
+    "sgd-nan-momentum": dict(type="SGD", momentum=math.nan),
+    "rmsprop-nan-delta": dict(type="RMSProp", rms_decay=0.5, delta=math.nan),
 }
 
 
-@pytest.mark.parametrize("case, blas", [
-    pytest.param(c, b, id=f"{c}-{b}", marks=[pytest.mark.xfail(
-        strict=True, reason=f"found by test_reference_matches_live_caffe: Caffe's {b} build: {NAN_MISMATCHES[c, b]} "
-                            "(harness/kernels/update.py)")] if (c, b) in NAN_MISMATCHES else [])
-    for c in NAN_CASES for b in BLAS_CHOICES])
+@pytest.mark.parametrize("blas", BLAS_CHOICES)
+@pytest.mark.parametrize("case", list(NAN_CASES))
 def test_nan_propagation(caffe, case, blas, tmp_path):
+    """Where NaNs meet, the reference keeps the NaN (sign and payload) Caffe's build keeps."""
     from harness.config import BlobSpec, SolverConfig
 
-    cfg = SolverConfig(base_lr=0.5, lr_policy="fixed", max_iter=1, blobs=(BlobSpec("ip0/0", (1, 2), 1.0, 1.0),),
-                       **NAN_CASES[case])
+    layers = {name: _nan_layer(rows) for name, (_, rows) in NAN_LAYERS.items()}
+    blobs = tuple(BlobSpec(f"{name}/0", layers[name]["init"].shape, 1.0, decay)
+                  for name, (decay, _) in NAN_LAYERS.items())
+    settings_ = {"base_lr": 0.5, "weight_decay": 0.125, **NAN_CASES[case]}
+    cfg = SolverConfig(lr_policy="fixed", max_iter=2, blobs=blobs, **settings_)
+    grads = {f"grad/{k}/0/{name}/0": a[f"grad/{k}"] for name, a in layers.items() for k in (0, 1)}
     out = tmp_path / "run"
-    capture(cfg, None, {"grad/0/0/ip0/0": np.array([[math.nan, _NEG_NAN]], np.float32)}, out, blas=blas,
-            init={"ip0/0": np.array([[_NEG_NAN, math.nan]], np.float32)}, install=caffe)
+    capture(cfg, None, grads, out, blas=blas, init={f"{name}/0": a["init"] for name, a in layers.items()},
+            install=caffe)
     result = replay_trace(load_capture(out))
     assert result.status == "exact", result.message
 

@@ -57,7 +57,7 @@ __all__ = [
 ]
 
 #: SHA-256 of the ``update.py`` these kernels were compiled and checked against
-_UPDATE_SHA256 = "f68185002a94f74603b30b73edb290f88223d75f8493ba9aac204a333a81d136"
+_UPDATE_SHA256 = "d039b78b3f931cc28b1638ca6dcaa563cc437a06e342123387aa84d59b37f31d"
 
 
 def _sha256_of_source(module) -> str | None:

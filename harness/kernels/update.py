@@ -26,13 +26,17 @@ array's precision.
 BLAS behaviour is selected per call by two flags that together form an
 *arithmetic profile* (``harness.reference.PROFILES``):
 
-``fused``
-    ``saxpy`` is ``y = fma(alpha, x, y)`` (OpenBLAS x86-64 kernels) instead
-    of ``y = fl(y + fl(alpha*x))`` (reference BLAS, ATLAS).
+``axpy``
+    how ``saxpy(alpha, x, y)`` computes (and which NaN it keeps when several
+    operands are NaN): ``AXPY_SEPARATE`` (0, reference BLAS: ``t =
+    fl(x*alpha)``, then ``fl(t + y)``), ``AXPY_FUSED`` (1, OpenBLAS x86-64
+    kernels: ``fma(alpha, x, y)``), ``AXPY_SEPARATE_Y_FIRST`` (2, ATLAS:
+    ``fl(y + fl(x*alpha))``). ``True``/``False`` (the former ``fused`` flag)
+    mean ``AXPY_FUSED``/``AXPY_SEPARATE``.
 ``zero_fill``
     what ``sscal(alpha, y)`` does when alpha is 0: ``SCAL_MULTIPLY`` (0)
-    multiplies (reference BLAS: ``0*NaN = NaN``, ``0*(-1) = -0``),
-    ``SCAL_ZERO_FILL`` (1) writes +0 when ``alpha == 0`` (ATLAS),
+    multiplies (reference BLAS, ATLAS: ``0*NaN = NaN``, ``0*(-1) = -0``),
+    ``SCAL_ZERO_FILL`` (1) writes +0 when ``alpha == 0``,
     ``SCAL_ZERO_FILL_NAN`` (2) writes +0 when ``alpha == 0`` or alpha is NaN
     (OpenBLAS 0.3.13 ``scal_sse.S``: its ``comiss`` test treats unordered as
     equal).
@@ -43,6 +47,33 @@ decides the sign of zeros and whether NaN/Inf in ``x`` reach ``y``.
 Caffe's ``caffe_cpu_axpby(alpha, x, beta, y)`` (non-MKL) is
 ``sscal(beta, y); saxpy(alpha, x, y)``, i.e. ``fma(alpha, x, fl(beta*y))``
 when fused.
+
+**Which NaN comes out.** On x86 an SSE/AVX instruction with NaN operands
+returns its *first source operand's* NaN if that one is NaN, else the other
+one's, quieted (quiet bit set, sign and payload kept); an invalid operation
+on non-NaN operands (``inf - inf``, ``0*inf``, ``0/0``) gives the default NaN
+``0xFFC00000``. So what decides is the operand order each library's compiled
+code uses, measured on the installed builds (``cblas_*`` called directly and
+``tests/test_properties_caffe.py::test_nan_propagation`` on live Caffe):
+
+- ``sscal``: ``y*alpha``, y first, in all three BLAS;
+- ``saxpy``: ``AXPY_SEPARATE`` ``t = x*alpha`` (x first), ``t + y`` (t
+  first); ``AXPY_SEPARATE_Y_FIRST`` ``y + t`` (y first); ``AXPY_FUSED`` the
+  FMA keeps alpha's NaN, else x's, else y's (NaN operands win over an
+  invalid ``inf*0``);
+- Caffe's own loops (``libcaffe.so``, gcc-vectorized, the same in every
+  build): ``caffe_add(a, b)``/``caffe_mul(a, b)`` a first, except that with
+  ``n >= 7`` and ``n % 4 == 3`` the last element is computed ``b op a`` (the
+  third scalar tail iteration after the 4-wide loop); ``caffe_add_scalar(
+  alpha, y)`` y first, except the last element when ``n % 4 == 3`` (alpha
+  first); ``caffe_div(a, b)`` a first; ``caffe_powx`` is glibc ``powf``;
+  copies (``caffe_copy``, ``cblas_scopy``) keep bits.
+
+LLVM treats NaN payloads as unspecified and commutes ``fadd``/``fmul``
+operands freely, so the helpers below compute the value and then *select*
+the NaN explicitly (``_nan_of``): a compare and a blend per operation,
+branch-free, still vectorizable. The raw ``fma`` keeps whatever the
+hardware gives.
 
 Common prologue of every solver kernel, per element, in Caffe's order
 (``SGDSolver::ClipGradients``, ``Normalize``, ``Regularize``):
@@ -57,8 +88,8 @@ Common prologue of every solver kernel, per element, in Caffe's order
    rounding agree); ``reg`` 0 skips (Caffe skips when ``local_decay == 0``).
 
 Every kernel ends with ``Net::Update``: ``w = saxpy(-1, g, w) = fl(w - g)``
-(exact either way), and leaves the update value in ``g`` (Caffe's
-``snapshot_diff``).
+(exact either way; ``net_update``), and leaves the update value in ``g``
+(Caffe's ``snapshot_diff``).
 """
 
 from __future__ import annotations
@@ -77,12 +108,22 @@ __all__ = [
     "REG_NONE",
     "REG_L2",
     "REG_L1",
+    "AXPY_SEPARATE",
+    "AXPY_FUSED",
+    "AXPY_SEPARATE_Y_FIRST",
     "fma",
     "powf",
     "expf",
+    "quiet",
+    "select",
     "scal",
     "axpy",
     "axpby",
+    "net_update",
+    "caffe_add",
+    "caffe_mul",
+    "caffe_add_scalar",
+    "tail_swap_index",
     "sgd_update",
     "nesterov_update",
     "adagrad_update",
@@ -102,6 +143,9 @@ SCAL_ZERO_FILL_NAN = 2
 REG_NONE = 0
 REG_L2 = 1
 REG_L1 = 2
+AXPY_SEPARATE = 0
+AXPY_FUSED = 1
+AXPY_SEPARATE_Y_FIRST = 2
 
 _DISABLE_JIT = bool(numba.config.DISABLE_JIT)
 
@@ -239,6 +283,66 @@ else:
 # end of libm access
 
 
+# quiet(x) and select(c, a, b): the two primitives that pin down which NaN an
+# operation returns. quiet sets the quiet bit with integer operations (LLVM
+# may pick any NaN payload for a float operation, never for an integer one);
+# select is LLVM's branch-free select (numba lowers ``a if c else b`` to
+# branches, which can keep a loop from vectorizing).
+if _DISABLE_JIT:
+
+    def quiet(x):
+        """``x`` with its quiet bit set (the NaN an x86 operation returns for a NaN operand)."""
+        if isinstance(x, np.float32):
+            return (np.array(x).view(np.uint32) | np.uint32(1 << 22)).view(np.float32)[()]
+        return (np.array(x, np.float64).view(np.uint64) | np.uint64(1 << 51)).view(np.float64)[()]
+
+    def select(c, a, b):
+        """``a`` if ``c`` else ``b``, in the wider of their float types."""
+        if isinstance(a, np.float32) and isinstance(b, np.float32):
+            return a if c else b
+        return np.float64(a if c else b)
+
+else:
+
+    @_intrinsic
+    def _quiet_intrinsic(typingctx, x):
+        if not isinstance(x, _types.Float):
+            return None
+
+        def codegen(context, builder, sig, args):
+            width = 32 if sig.args[0] == _types.float32 else 64
+            it = _ir.IntType(width)
+            bits = builder.bitcast(args[0], it)
+            bits = builder.or_(bits, _ir.Constant(it, 1 << (22 if width == 32 else 51)))
+            return builder.bitcast(bits, context.get_value_type(sig.args[0]))
+
+        return x(x), codegen
+
+    @_intrinsic
+    def _select_intrinsic(typingctx, c, a, b):
+        ty = _float_result(a, b)
+        if ty is None or not isinstance(c, _types.Boolean):
+            return None
+
+        def codegen(context, builder, sig, args):
+            cond = context.cast(builder, args[0], sig.args[0], _types.boolean)
+            x = context.cast(builder, args[1], sig.args[1], ty)
+            y = context.cast(builder, args[2], sig.args[2], ty)
+            return builder.select(builder.trunc(cond, _ir.IntType(1)) if cond.type != _ir.IntType(1) else cond, x, y)
+
+        return ty(c, a, b), codegen
+
+    @numba.njit(cache=True, inline="always")
+    def quiet(x):
+        """``x`` with its quiet bit set (the NaN an x86 operation returns for a NaN operand)."""
+        return _quiet_intrinsic(x)
+
+    @numba.njit(cache=True, inline="always")
+    def select(c, a, b):
+        """``a`` if ``c`` else ``b`` (LLVM ``select``, no branch), in the wider of their float types."""
+        return _select_intrinsic(c, a, b)
+
+
 # ---------------------------------------------------------------------------
 # the jit wrapper
 # ---------------------------------------------------------------------------
@@ -256,77 +360,180 @@ def _jit(template: str):
 
 
 _inline = numba.njit(cache=True, error_model="numpy", nogil=True)
+#: a solver's per-element body: inlined into its kernel (numba IR) once per value of ``exact``, a constant
+#: there, so the copy without the NaN bookkeeping is plain arithmetic
+_element = numba.njit(cache=True, error_model="numpy", nogil=True, inline="always")
 
 
 @_inline
-def scal(alpha, y, zero_fill):
+def _nan_of(first, second, r, exact=True):
+    """``r``, the value of a two-operand x86 operation, with the NaN x86 keeps.
+
+    ``first``'s NaN (quieted) if it is NaN, else ``second``'s, else ``r``
+    (which may be the default NaN of an invalid operation). Selects, so
+    LLVM's freedom to commute operands does not matter. ``exact=False``
+    returns ``r``: right when no operand can be a NaN other than the default
+    one (every NaN born in an element from non-NaN inputs is x86's default
+    NaN, whatever the operand order). The helpers below take the same flag.
+    """
+    if not exact:
+        return r
+    r = select(second != second, quiet(second), r)
+    return select(first != first, quiet(first), r)
+
+
+@_inline
+def scal(alpha, y, zero_fill, exact=True):
     """One element of ``sscal(alpha, y)`` as the profile's BLAS does it.
 
-    ``alpha*y`` in the array's precision (one rounding), except: ``alpha ==
-    1`` returns ``y`` untouched (every BLAS short-cuts it), and with
-    ``zero_fill`` ``SCAL_ZERO_FILL`` (``alpha == 0``) or
-    ``SCAL_ZERO_FILL_NAN`` (``alpha == 0`` or NaN) it returns +0 whatever
-    ``y`` is. ``np.float32(0)`` unifies with float64 in a float64 kernel, so
-    this is +0 in either precision.
+    ``y*alpha`` in the array's precision (one rounding, y's NaN before
+    alpha's), except: ``alpha == 1`` returns ``y`` untouched (every BLAS
+    short-cuts it), and with ``zero_fill`` ``SCAL_ZERO_FILL`` (``alpha ==
+    0``) or ``SCAL_ZERO_FILL_NAN`` (``alpha == 0`` or NaN) it returns +0
+    whatever ``y`` is (+0 in either precision). Branch-free unless
+    ``exact=False`` (plain arithmetic, no NaN selection; see ``_nan_of``).
     """
-    if alpha == 1:
-        return y
-    if zero_fill != SCAL_MULTIPLY and (alpha == 0 or (zero_fill == SCAL_ZERO_FILL_NAN and alpha != alpha)):
-        return np.float32(0)
-    return alpha * y
+    zero = (zero_fill != SCAL_MULTIPLY) & ((alpha == 0) | ((zero_fill == SCAL_ZERO_FILL_NAN) & (alpha != alpha)))
+    if not exact:
+        if alpha == 1:
+            return y
+        if zero:
+            return np.float32(0)
+        return y * alpha
+    r = select(zero, np.float32(0), _nan_of(y, alpha, y * alpha))
+    return select(alpha == 1, y, r)
 
 
 @_inline
-def axpy(alpha, x, y, fused):
-    """One element of ``saxpy(alpha, x, y)``.
+def axpy(alpha, x, y, form, exact=True):
+    """One element of ``saxpy(alpha, x, y)`` in the profile's ``axpy`` ``form``.
 
-    ``fma(alpha, x, y)`` when ``fused`` (OpenBLAS), else
-    ``fl(y + fl(alpha*x))``; ``alpha == 0`` returns ``y`` untouched (NaN or
-    Inf in ``x`` do not reach it).
+    ``AXPY_FUSED`` (or ``True``): ``fma(alpha, x, y)``, keeping alpha's NaN,
+    else x's, else y's. ``AXPY_SEPARATE`` (or ``False``): ``t =
+    fl(x*alpha)`` then ``fl(t + y)``, each keeping its first operand's NaN.
+    ``AXPY_SEPARATE_Y_FIRST``: ``fl(y + t)``, y's NaN first. ``alpha == 0``
+    returns ``y`` untouched (NaN or Inf in ``x`` do not reach it). Branch-free
+    (the form's result is selected) unless ``exact=False``.
     """
-    if alpha == 0:
-        return y
-    if fused:
-        return fma(alpha, x, y)
-    return y + alpha * x
+    if not exact:
+        if alpha == 0:
+            return y
+        if form == AXPY_FUSED:
+            return fma(alpha, x, y)
+        return y + alpha * x
+    t = _nan_of(x, alpha, x * alpha)
+    r = select(form == AXPY_SEPARATE_Y_FIRST, _nan_of(y, t, y + t), _nan_of(t, y, t + y))
+    f = fma(alpha, x, y)
+    f = select(alpha != alpha, quiet(alpha), select(x != x, quiet(x), select(y != y, quiet(y), f)))
+    r = select(form == AXPY_FUSED, f, r)
+    return select(alpha == 0, y, r)
 
 
 @_inline
-def axpby(alpha, x, beta, y, fused, zero_fill):
+def axpby(alpha, x, beta, y, form, zero_fill, exact=True):
     """One element of Caffe's non-MKL ``caffe_cpu_axpby``: ``axpy(alpha, x, scal(beta, y))``.
 
     ``fma(alpha, x, fl(beta*y))`` when fused, with both BLAS short-cuts.
     """
-    return axpy(alpha, x, scal(beta, y, zero_fill), fused)
+    return axpy(alpha, x, scal(beta, y, zero_fill, exact), form, exact)
 
 
 @_inline
-def _prologue(w, g, clip_scale, norm, reg, local_decay, fused, zero_fill):
-    """Clip scaling, Normalize and Regularize of one diff element (module docstring)."""
-    g = scal(clip_scale, g, zero_fill)
-    g = scal(norm, g, zero_fill)
-    if reg == REG_L2:
-        g = axpy(local_decay, w, g, fused)
-    elif reg == REG_L1:
-        if w > 0:
-            s = np.float32(1)
-        elif w < 0:
-            s = np.float32(-1)
-        else:
-            s = np.float32(0)
-        g = axpy(local_decay, s, g, fused)
-    return g
+def net_update(w, g, form, exact=True):
+    """One element of ``Net::Update``: ``saxpy(-1, g, w)``, i.e. ``fl(w - g)``.
+
+    Exact in every form (``-1*g`` is exact and the FMA rounds the same sum
+    once); the NaN is g's before w's, except with ``AXPY_SEPARATE_Y_FIRST``
+    (w's first). Computed as a subtraction, never as a literal ``-1*g``
+    (which LLVM may turn into a sign flip, NaNs included).
+    """
+    w_first = form == AXPY_SEPARATE_Y_FIRST
+    return _nan_of(select(w_first, w, g), select(w_first, g, w), w - g, exact)
+
+
+@_inline
+def caffe_add(a, b, swap, exact=True):
+    """One element of ``caffe_add(a, b, y)`` (``y = a + b``): a's NaN first, b's when ``swap``.
+
+    ``swap`` is ``i == tail_swap_index(n, 7)``: the element gcc's tail code
+    computes as ``b + a``.
+    """
+    return _nan_of(select(swap, b, a), select(swap, a, b), a + b, exact)
+
+
+@_inline
+def caffe_mul(a, b, swap, exact=True):
+    """One element of ``caffe_mul(a, b, y)`` (``y = a*b``): a's NaN first, b's when ``swap``.
+
+    ``swap`` as for ``caffe_add`` (the same compiled loop shape).
+    """
+    return _nan_of(select(swap, b, a), select(swap, a, b), a * b, exact)
+
+
+@_inline
+def caffe_add_scalar(alpha, y, swap, exact=True):
+    """One element of ``caffe_add_scalar(alpha, y)`` (``y += alpha``): y's NaN first, alpha's when ``swap``.
+
+    ``swap`` is ``i == tail_swap_index(n, 3)``.
+    """
+    return _nan_of(select(swap, alpha, y), select(swap, y, alpha), y + alpha, exact)
+
+
+@_inline
+def tail_swap_index(n, vector_from):
+    """The element whose operands libcaffe's gcc-compiled loop swaps, or -1.
+
+    Caffe's ``vAdd``/``vMul``/``caffe_add_scalar`` loops run 4 floats at a
+    time, then up to 3 scalar iterations; the third of those (present when
+    ``n % 4 == 3``) has its operands the other way round. ``vAdd``/``vMul``
+    take the vector path only from ``n >= 7`` (``vector_from`` 7; below
+    that a plain scalar loop, no swap); ``caffe_add_scalar`` also runs the
+    tail code alone when ``n <= 3`` (``vector_from`` 3).
+    """
+    if n % 4 == 3 and n >= vector_from:
+        return n - 1
+    return -1
+
+
+@_inline
+def _isnan(x):
+    return x != x
+
+
+@_inline
+def _prologue(w, g, clip_scale, norm, reg, local_decay, form, zero_fill, exact):
+    """Clip scaling, Normalize and Regularize of one diff element (module docstring).
+
+    L2 and L1 share one saxpy: its x is ``w`` (L2) or ``sign(w)`` (L1).
+    Branch-free unless ``exact=False``.
+    """
+    g = scal(clip_scale, g, zero_fill, exact)
+    g = scal(norm, g, zero_fill, exact)
+    s = select(w > 0, np.float32(1), select(w < 0, np.float32(-1), np.float32(0)))
+    if not exact:
+        if reg == REG_L2:
+            return axpy(local_decay, w, g, form, exact)
+        if reg == REG_L1:
+            return axpy(local_decay, s, g, form, exact)
+        return g
+    x = select(reg == REG_L2, w, s)
+    return select(reg == REG_NONE, g, axpy(local_decay, x, g, form, exact))
 
 
 # ---------------------------------------------------------------------------
 # solver kernels: prologue, ComputeUpdateValue, Net::Update, fused per element
+#
+# SGD and Nesterov vectorize (no calls, no branches) and always track NaNs.
+# The others call powf per element, so they run scalar: there an element
+# whose inputs (data, diff, history, scalar settings) hold no NaN takes the
+# copy without the NaN selects, the rest the exact copy.
 # ---------------------------------------------------------------------------
 _PROLOGUE = "S, S, int64, S"  # clip_scale, norm, reg, local_decay
-_PROFILE = "boolean, int64"  # fused, zero_fill
+_PROFILE = "int64, int64"  # form (AXPY_*; True/False also work), zero_fill
 
 
 @_jit(f"void(A, A, A, {_PROLOGUE}, S, S, {_PROFILE})")
-def sgd_update(w, g, h, clip_scale, norm, reg, local_decay, local_rate, momentum, fused, zero_fill):
+def sgd_update(w, g, h, clip_scale, norm, reg, local_decay, local_rate, momentum, form, zero_fill):
     """SGD with momentum (``SGDSolver::ComputeUpdateValue``, CPU).
 
     Caffe: ``caffe_cpu_axpby(local_rate, g, momentum, h)``; ``g = h``;
@@ -337,16 +544,16 @@ def sgd_update(w, g, h, clip_scale, norm, reg, local_decay, local_rate, momentum
     ``w = fl(w - g)``. FMA: the saxpy half of axpby, and L2 decay.
     """
     for i in range(w.size):
-        gi = _prologue(w[i], g[i], clip_scale, norm, reg, local_decay, fused, zero_fill)
-        hi = axpby(local_rate, gi, momentum, h[i], fused, zero_fill)
+        gi = _prologue(w[i], g[i], clip_scale, norm, reg, local_decay, form, zero_fill, True)
+        hi = axpby(local_rate, gi, momentum, h[i], form, zero_fill)
         h[i] = hi
         g[i] = hi
-        w[i] = w[i] - hi
+        w[i] = net_update(w[i], hi, form)
 
 
 @_jit(f"void(A, A, A, {_PROLOGUE}, S, S, S, S, {_PROFILE})")
 def nesterov_update(w, g, h, clip_scale, norm, reg, local_decay, local_rate, momentum, one_plus_momentum,
-                    neg_momentum, fused, zero_fill):
+                    neg_momentum, form, zero_fill):
     """Nesterov momentum (``NesterovSolver::ComputeUpdateValue``, CPU).
 
     Caffe: ``u = h``; ``caffe_cpu_axpby(local_rate, g, momentum, h)``;
@@ -359,17 +566,28 @@ def nesterov_update(w, g, h, clip_scale, norm, reg, local_decay, local_rate, mom
     ``one_plus_momentum = fl(1+momentum)``, ``neg_momentum = -momentum``.
     """
     for i in range(w.size):
-        gi = _prologue(w[i], g[i], clip_scale, norm, reg, local_decay, fused, zero_fill)
+        gi = _prologue(w[i], g[i], clip_scale, norm, reg, local_decay, form, zero_fill, True)
         old = h[i]
-        hi = axpby(local_rate, gi, momentum, old, fused, zero_fill)
+        hi = axpby(local_rate, gi, momentum, old, form, zero_fill)
         h[i] = hi
-        u = axpby(one_plus_momentum, hi, neg_momentum, old, fused, zero_fill)
+        u = axpby(one_plus_momentum, hi, neg_momentum, old, form, zero_fill)
         g[i] = u
-        w[i] = w[i] - u
+        w[i] = net_update(w[i], u, form)
+
+
+@_element
+def _adagrad_element(wi, gi, hi, sv, ss, clip_scale, norm, reg, local_decay, local_rate, delta, form, zero_fill,
+                     exact):
+    gi = _prologue(wi, gi, clip_scale, norm, reg, local_decay, form, zero_fill, exact)
+    hi = caffe_add(powf(gi, np.float32(2)), hi, sv, exact)
+    u = caffe_add_scalar(delta, powf(hi, np.float32(0.5)), ss, exact)
+    u = gi / u
+    gi = axpby(local_rate, u, np.float32(0), gi, form, zero_fill, exact)
+    return net_update(wi, gi, form, exact), gi, hi
 
 
 @_jit(f"void(A, A, A, {_PROLOGUE}, S, S, {_PROFILE})")
-def adagrad_update(w, g, h, clip_scale, norm, reg, local_decay, local_rate, delta, fused, zero_fill):
+def adagrad_update(w, g, h, clip_scale, norm, reg, local_decay, local_rate, delta, form, zero_fill):
     """AdaGrad (``AdaGradSolver::ComputeUpdateValue``, CPU).
 
     Caffe: ``u = powx(g, 2)``; ``h = u + h``; ``u = powx(h, 0.5)``;
@@ -382,20 +600,35 @@ def adagrad_update(w, g, h, clip_scale, norm, reg, local_decay, local_rate, delt
     ``fl(local_rate*u)`` up to the sign of zero and the profile's
     ``sscal(0)``; ``w = fl(w - g)``.
     """
+    sv = tail_swap_index(w.size, 7)
+    ss = tail_swap_index(w.size, 3)
+    nan = (_isnan(clip_scale) | _isnan(norm) | _isnan(local_decay) | _isnan(local_rate) | _isnan(delta))
     for i in range(w.size):
-        gi = _prologue(w[i], g[i], clip_scale, norm, reg, local_decay, fused, zero_fill)
-        hi = powf(gi, np.float32(2)) + h[i]
-        h[i] = hi
-        u = powf(hi, np.float32(0.5)) + delta
-        u = gi / u
-        gi = axpby(local_rate, u, np.float32(0), gi, fused, zero_fill)
-        g[i] = gi
-        w[i] = w[i] - gi
+        wi, gi, hi = w[i], g[i], h[i]
+        if nan or _isnan(wi) or _isnan(gi) or _isnan(hi):
+            wi, gi, hi = _adagrad_element(wi, gi, hi, i == sv, i == ss, clip_scale, norm, reg, local_decay,
+                                          local_rate, delta, form, zero_fill, True)
+        else:
+            wi, gi, hi = _adagrad_element(wi, gi, hi, i == sv, i == ss, clip_scale, norm, reg, local_decay,
+                                          local_rate, delta, form, zero_fill, False)
+        w[i], g[i], h[i] = wi, gi, hi
+
+
+@_element
+def _rmsprop_element(wi, gi, hi, ss, clip_scale, norm, reg, local_decay, local_rate, rms_decay, one_minus_rms_decay,
+                     delta, form, zero_fill, exact):
+    gi = _prologue(wi, gi, clip_scale, norm, reg, local_decay, form, zero_fill, exact)
+    u = powf(gi, np.float32(2))
+    hi = axpby(one_minus_rms_decay, u, rms_decay, hi, form, zero_fill, exact)
+    u = caffe_add_scalar(delta, powf(hi, np.float32(0.5)), ss, exact)
+    u = gi / u
+    gi = axpby(local_rate, u, np.float32(0), gi, form, zero_fill, exact)
+    return net_update(wi, gi, form, exact), gi, hi
 
 
 @_jit(f"void(A, A, A, {_PROLOGUE}, S, S, S, S, {_PROFILE})")
 def rmsprop_update(w, g, h, clip_scale, norm, reg, local_decay, local_rate, rms_decay, one_minus_rms_decay, delta,
-                   fused, zero_fill):
+                   form, zero_fill):
     """RMSProp (``RMSPropSolver::ComputeUpdateValue``, CPU).
 
     Caffe: ``u = powx(g, 2)``; ``caffe_cpu_axpby(fl(1-rms_decay), u,
@@ -406,21 +639,38 @@ def rmsprop_update(w, g, h, clip_scale, norm, reg, local_decay, local_rate, rms_
     fl(rms_decay*h))``; ``u = fl(g / fl(powf(h, 0.5) + delta))``;
     ``g = fma(local_rate, u, sscal(0, g))``; ``w = fl(w - g)``.
     """
+    ss = tail_swap_index(w.size, 3)
+    nan = (_isnan(clip_scale) | _isnan(norm) | _isnan(local_decay) | _isnan(local_rate) | _isnan(rms_decay)
+           | _isnan(one_minus_rms_decay) | _isnan(delta))
     for i in range(w.size):
-        gi = _prologue(w[i], g[i], clip_scale, norm, reg, local_decay, fused, zero_fill)
-        u = powf(gi, np.float32(2))
-        hi = axpby(one_minus_rms_decay, u, rms_decay, h[i], fused, zero_fill)
-        h[i] = hi
-        u = powf(hi, np.float32(0.5)) + delta
-        u = gi / u
-        gi = axpby(local_rate, u, np.float32(0), gi, fused, zero_fill)
-        g[i] = gi
-        w[i] = w[i] - gi
+        wi, gi, hi = w[i], g[i], h[i]
+        if nan or _isnan(wi) or _isnan(gi) or _isnan(hi):
+            wi, gi, hi = _rmsprop_element(wi, gi, hi, i == ss, clip_scale, norm, reg, local_decay, local_rate,
+                                          rms_decay, one_minus_rms_decay, delta, form, zero_fill, True)
+        else:
+            wi, gi, hi = _rmsprop_element(wi, gi, hi, i == ss, clip_scale, norm, reg, local_decay, local_rate,
+                                          rms_decay, one_minus_rms_decay, delta, form, zero_fill, False)
+        w[i], g[i], h[i] = wi, gi, hi
+
+
+@_element
+def _adadelta_element(wi, gi, hi, h2i, sw, clip_scale, norm, reg, local_decay, local_rate, momentum,
+                      one_minus_momentum, delta, form, zero_fill, exact):
+    gi = _prologue(wi, gi, clip_scale, norm, reg, local_decay, form, zero_fill, exact)
+    u = powf(gi, np.float32(2))
+    hi = axpby(one_minus_momentum, u, momentum, hi, form, zero_fill, exact)
+    u = caffe_add(delta, h2i, sw, exact) / caffe_add(delta, hi, sw, exact)
+    u = powf(u, np.float32(0.5))
+    gi = caffe_mul(gi, u, sw, exact)
+    u = powf(gi, np.float32(2))
+    h2i = axpby(one_minus_momentum, u, momentum, h2i, form, zero_fill, exact)
+    gi = scal(local_rate, gi, zero_fill, exact)
+    return net_update(wi, gi, form, exact), gi, hi, h2i
 
 
 @_jit(f"void(A, A, A, A, {_PROLOGUE}, S, S, S, S, {_PROFILE})")
 def adadelta_update(w, g, h, h2, clip_scale, norm, reg, local_decay, local_rate, momentum, one_minus_momentum, delta,
-                    fused, zero_fill):
+                    form, zero_fill):
     """AdaDelta (``AdaDeltaSolver::ComputeUpdateValue``, CPU).
 
     ``h`` is ``history[p]`` (E[g^2]), ``h2`` is ``history[N+p]`` (E[dx^2],
@@ -435,24 +685,34 @@ def adadelta_update(w, g, h, h2, clip_scale, norm, reg, local_decay, local_rate,
     ``g = fl(g*u)``; ``h2 = fma(one_minus_momentum, powf(g, 2),
     fl(momentum*h2))``; ``g = sscal(local_rate, g)``; ``w = fl(w - g)``.
     """
+    sv = tail_swap_index(w.size, 7)
+    nan = (_isnan(clip_scale) | _isnan(norm) | _isnan(local_decay) | _isnan(local_rate) | _isnan(momentum)
+           | _isnan(one_minus_momentum) | _isnan(delta))
     for i in range(w.size):
-        gi = _prologue(w[i], g[i], clip_scale, norm, reg, local_decay, fused, zero_fill)
-        u = powf(gi, np.float32(2))
-        hi = axpby(one_minus_momentum, u, momentum, h[i], fused, zero_fill)
-        h[i] = hi
-        u = (delta + h2[i]) / (delta + hi)
-        u = powf(u, np.float32(0.5))
-        gi = gi * u
-        u = powf(gi, np.float32(2))
-        h2[i] = axpby(one_minus_momentum, u, momentum, h2[i], fused, zero_fill)
-        gi = scal(local_rate, gi, zero_fill)
-        g[i] = gi
-        w[i] = w[i] - gi
+        wi, gi, hi, h2i = w[i], g[i], h[i], h2[i]
+        if nan or _isnan(wi) or _isnan(gi) or _isnan(hi) or _isnan(h2i):
+            wi, gi, hi, h2i = _adadelta_element(wi, gi, hi, h2i, i == sv, clip_scale, norm, reg, local_decay,
+                                                local_rate, momentum, one_minus_momentum, delta, form, zero_fill, True)
+        else:
+            wi, gi, hi, h2i = _adadelta_element(wi, gi, hi, h2i, i == sv, clip_scale, norm, reg, local_decay,
+                                                local_rate, momentum, one_minus_momentum, delta, form, zero_fill, False)
+        w[i], g[i], h[i], h2[i] = wi, gi, hi, h2i
+
+
+@_element
+def _adam_element(wi, gi, mi, vi, ss, clip_scale, norm, reg, local_decay, rate_correction, beta1, one_minus_beta1,
+                  beta2, one_minus_beta2, eps_hat, form, zero_fill, exact):
+    gi = _prologue(wi, gi, clip_scale, norm, reg, local_decay, form, zero_fill, exact)
+    mi = axpby(one_minus_beta1, gi, beta1, mi, form, zero_fill, exact)
+    vi = axpby(one_minus_beta2, gi * gi, beta2, vi, form, zero_fill, exact)
+    t = mi / caffe_add_scalar(eps_hat, powf(vi, np.float32(0.5)), ss, exact)
+    gi = scal(rate_correction, t, zero_fill, exact)
+    return net_update(wi, gi, form, exact), gi, mi, vi
 
 
 @_jit(f"void(A, A, A, A, {_PROLOGUE}, S, S, S, S, S, S, {_PROFILE})")
 def adam_update(w, g, m, v, clip_scale, norm, reg, local_decay, rate_correction, beta1, one_minus_beta1, beta2,
-                one_minus_beta2, eps_hat, fused, zero_fill):
+                one_minus_beta2, eps_hat, form, zero_fill):
     """Adam (``AdamSolver::ComputeUpdateValue``, CPU).
 
     ``m`` is ``history[p]``, ``v`` is ``history[N+p]``; ``beta1`` is
@@ -468,16 +728,20 @@ def adam_update(w, g, m, v, clip_scale, norm, reg, local_decay, rate_correction,
     ``g = sscal(rate_correction, fl(m / fl(powf(v, 0.5) + eps_hat)))``;
     ``w = fl(w - g)``.
     """
+    ss = tail_swap_index(w.size, 3)
+    nan = (_isnan(clip_scale) | _isnan(norm) | _isnan(local_decay) | _isnan(rate_correction) | _isnan(beta1)
+           | _isnan(one_minus_beta1) | _isnan(beta2) | _isnan(one_minus_beta2) | _isnan(eps_hat))
     for i in range(w.size):
-        gi = _prologue(w[i], g[i], clip_scale, norm, reg, local_decay, fused, zero_fill)
-        mi = axpby(one_minus_beta1, gi, beta1, m[i], fused, zero_fill)
-        m[i] = mi
-        vi = axpby(one_minus_beta2, gi * gi, beta2, v[i], fused, zero_fill)
-        v[i] = vi
-        t = mi / (powf(vi, np.float32(0.5)) + eps_hat)
-        gi = scal(rate_correction, t, zero_fill)
-        g[i] = gi
-        w[i] = w[i] - gi
+        wi, gi, mi, vi = w[i], g[i], m[i], v[i]
+        if nan or _isnan(wi) or _isnan(gi) or _isnan(mi) or _isnan(vi):
+            wi, gi, mi, vi = _adam_element(wi, gi, mi, vi, i == ss, clip_scale, norm, reg, local_decay,
+                                           rate_correction, beta1, one_minus_beta1, beta2, one_minus_beta2, eps_hat,
+                                           form, zero_fill, True)
+        else:
+            wi, gi, mi, vi = _adam_element(wi, gi, mi, vi, i == ss, clip_scale, norm, reg, local_decay,
+                                           rate_correction, beta1, one_minus_beta1, beta2, one_minus_beta2, eps_hat,
+                                           form, zero_fill, False)
+        w[i], g[i], m[i], v[i] = wi, gi, mi, vi
 
 
 @_jit("float64(float64, float64, float64)")
