@@ -57,7 +57,7 @@ __all__ = [
 ]
 
 #: SHA-256 of the ``update.py`` these kernels were compiled and checked against
-_UPDATE_SHA256 = "d039b78b3f931cc28b1638ca6dcaa563cc437a06e342123387aa84d59b37f31d"
+_UPDATE_SHA256 = "3e90d3a346ac75a06d5412daba6ff726145daa794538c9131214dbc8f0f5204b"
 
 
 def _sha256_of_source(module) -> str | None:

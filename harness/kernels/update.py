@@ -521,18 +521,371 @@ def _prologue(w, g, clip_scale, norm, reg, local_decay, form, zero_fill, exact):
 
 
 # ---------------------------------------------------------------------------
-# solver kernels: prologue, ComputeUpdateValue, Net::Update, fused per element
+# powf(x, 2) and powf(x, 0.5) in vectorizable form, with a certificate
 #
-# SGD and Nesterov vectorize (no calls, no branches) and always track NaNs.
-# The others call powf per element, so they run scalar: there an element
-# whose inputs (data, diff, history, scalar settings) hold no NaN takes the
-# copy without the NaN selects, the rest the exact copy.
+# glibc's powf (the FMA variant this machine's libm selects, also what
+# Caffe's libcaffe calls) computes exp2(y*log2(x)) in double and rounds that
+# to float once. It returns the correctly rounded x*x / sqrt(x) except when
+# the exact result lies within a tiny distance of a rounding midpoint (there
+# its double approximation may land on the other side): on all 2^32 float
+# inputs the farthest such miss was 2^-9.24 ulp from the midpoint for y = 2
+# and 2^-9.28 ulp for y = 0.5 (benchmarks/check_powf_exhaustive.py).
+#
+# So ``_square``/``_root`` return the correctly rounded value ``fl(x*x)`` /
+# ``sqrtf(x)`` plus a flag ``certain``: True when the exact result is at
+# least about 2^-8 ulp away from every midpoint (2.4x the widest miss), where
+# glibc's powf provably returns the same bits -- checked exhaustively on all
+# 2^32 inputs for both exponents. About 0.8% of ordinary inputs (and every
+# zero-free tiny/huge/NaN/Inf/negative input of sqrt) are uncertain; the
+# kernels recompute those elements with the real ``powf``. Only float32 is
+# certified: in float64 ``certain`` is always False (glibc ``pow`` decides).
+#
+# Certificates, all in float32, no division, vectorizable:
+#   square: p = fl(x*x); e = fma(x, x, -p) is the exact residual x*x - p
+#     when |x| >= 2^-51 (below, the residual can fall under 2^-149: x below
+#     2^-20 is first scaled by 2^40, which scales p by 2^80 exactly);
+#     certain iff fma(1+2^-7, e, p) == p, i.e. |e| < ~(0.5 - 2^-8) of the
+#     spacing on e's side of p, and p is normal (or x == 0).
+#   root: s = sqrtf(x); e = fma(-s, s, x) = x - s*s exactly (x below 2^-26,
+#     subnormals included, is first scaled by 2^100, which scales s by 2^50
+#     exactly); sqrt(x) - s ~ e/(2s), so the distance to the midpoint exceeds
+#     ~2^-8 ulp iff |e| < (1 - 2^-7) * s * ulp(s); ulp(s) from s's exponent
+#     bits. +0 and -0 give +0 (glibc: powf(-0, 0.5) = +0, sqrtf(-0) = -0).
 # ---------------------------------------------------------------------------
+_SQUARE_C = np.float32(1 + 2.0**-7)
+_ROOT_K = np.float32(1 - 2.0**-7)
+_SQUARE_MIN = np.float32(2.0**-126)
+_SQUARE_SCALE_MIN = np.float32(2.0**-20)
+_SQUARE_SCALE = np.float32(2.0**40)
+_ROOT_SCALE_MIN = np.float32(2.0**-26)
+_ROOT_SCALE = np.float32(2.0**100)
+_ROOT_UNSCALE = np.float32(2.0**-50)
+
+if _DISABLE_JIT:
+
+    def _ulp(x):
+        """The spacing of floats in ``x``'s binade (finite normal ``x`` above 2^-100)."""
+        a = np.asarray(x)
+        bits = a.view(np.int32 if a.dtype == np.float32 else np.int64)
+        m, shift = (0x7F800000, 23 << 23) if a.dtype == np.float32 else (0x7FF0000000000000, 52 << 52)
+        return type(x)(np.asarray((bits & m) - shift, dtype=bits.dtype).view(a.dtype))
+
+    def _certifiable(x):
+        return isinstance(x, np.float32)
+
+else:
+
+    @_intrinsic
+    def _ulp(typingctx, x):
+        """The spacing of floats in ``x``'s binade (finite normal ``x`` above 2^-100)."""
+        if not isinstance(x, _types.Float):
+            return None
+        bits = x.bitwidth
+        mask, shift = (0x7F800000, 23 << 23) if bits == 32 else (0x7FF0000000000000, 52 << 52)
+
+        def codegen(context, builder, sig, args):
+            it = _ir.IntType(bits)
+            v = builder.bitcast(args[0], it)
+            v = builder.sub(builder.and_(v, it(mask)), it(shift))
+            return builder.bitcast(v, args[0].type)
+
+        return x(x), codegen
+
+    @_intrinsic
+    def _certifiable(typingctx, x):
+        """True for float32 (the certified forms apply), False for float64, as a constant."""
+        if not isinstance(x, _types.Float):
+            return None
+        answer = x == _types.float32
+
+        def codegen(context, builder, sig, args):
+            return context.get_constant(_types.boolean, answer)
+
+        return _types.boolean(x), codegen
+
+
+@_element
+def _square(x):
+    """``(fl(x*x), certain)``: certain means glibc ``powf(x, 2)`` is that value."""
+    p = x * x
+    if not _certifiable(x):
+        return p, False
+    big = abs(x) >= _SQUARE_SCALE_MIN
+    xs = x if big else x * _SQUARE_SCALE  # exact; (x * 2^40)^2 = x^2 * 2^80, same position between floats
+    ps = xs * xs
+    e = fma(xs, xs, -ps)
+    return p, (fma(_SQUARE_C, e, ps) == ps) & ((p >= _SQUARE_MIN) | (x == 0))
+
+
+@_element
+def _root(x):
+    """``(sqrtf(x) (+0 for -0), certain)``: certain means glibc ``powf(x, 0.5)`` is that value."""
+    if not _certifiable(x):
+        return np.sqrt(x), False
+    big = x >= _ROOT_SCALE_MIN
+    xs = x if big else x * _ROOT_SCALE  # exact; sqrt(x * 4^50) = sqrt(x) * 2^50, same position between floats
+    s = np.sqrt(xs)
+    e = fma(-s, s, xs)
+    ok = ((abs(e) < _ROOT_K * (s * _ulp(s))) & (xs > 0)) | (x == 0)
+    s = s if big else s * _ROOT_UNSCALE
+    return s + np.float32(0), ok
+
+
+@_element
+def _pow2(x, exact):
+    """glibc ``powf(x, 2)`` as ``(value, certain)``: glibc itself when ``exact``, else the certified form."""
+    if exact:
+        return powf(x, np.float32(2)), True
+    return _square(x)
+
+
+@_element
+def _pow_half(x, exact):
+    """glibc ``powf(x, 0.5)`` as ``(value, certain)``: glibc itself when ``exact``, else the certified form."""
+    if exact:
+        return powf(x, np.float32(0.5)), True
+    return _root(x)
+
+
 _PROLOGUE = "S, S, int64, S"  # clip_scale, norm, reg, local_decay
 _PROFILE = "int64, int64"  # form (AXPY_*; True/False also work), zero_fill
 
 
-@_jit(f"void(A, A, A, {_PROLOGUE}, S, S, {_PROFILE})")
+# ---------------------------------------------------------------------------
+# the drivers: parallel, vectorized, bit-identical to a serial loop
+#
+# Every element is independent (given its index, for the tail swaps), so any
+# split over threads gives the bits of a serial loop. Arrays shorter than
+# _PARALLEL_MIN run serially (waking the thread pool costs more than they
+# do, and far more on a busy machine). The powf solvers go block by block: a
+# vectorized pass computes each element without NaN bookkeeping and with the
+# certified powf forms (``exact=False``) and keeps the block's inputs; then
+# the elements that had a NaN input or an uncertain powf are recomputed from
+# those inputs exactly (NaN selects, glibc's powf). Blocks are indexed from 0 through slices
+# (LLVM vectorizes loops whose indices it knows to be non-negative).
+# ---------------------------------------------------------------------------
+_BLOCK = 512
+_PARALLEL_MIN = 1 << 18
+_CHUNKS = 64
+_ALL_CERTAIN = np.uint64(0x0101010101010101)
+
+_range = numba.njit(cache=True, error_model="numpy", nogil=True)
+
+
+def _pjit(template: str):
+    """``_jit`` plus ``parallel=True``: ``prange`` loops run on numba's thread pool."""
+    sigs = [re.sub(r"\b[AS]\b", lambda m, t=t: t[m.group(0)], template) for t in _TYPES]
+    return numba.njit(sigs, cache=True, error_model="numpy", nogil=True, parallel=True)
+
+
+@_inline
+def _chunks(n):
+    """``(chunks, elements per chunk)`` for ``prange``: up to _CHUNKS chunks of whole blocks."""
+    per = -(-n // _CHUNKS)
+    per = -(-per // _BLOCK) * _BLOCK
+    return -(-n // per), per
+
+
+@_inline
+def _next_uncertain(ok, words, j, n):
+    """The first index in ``j..n-1`` whose ``ok`` byte is 0, else ``n``.
+
+    ``words`` is ``ok`` viewed as uint64: 8 flags are tested at a time.
+    """
+    while j < n and j % 8:
+        if not ok[j]:
+            return j
+        j += 1
+    for k in range(j // 8, (n + 7) // 8):
+        if words[k] != _ALL_CERTAIN:
+            for i in range(max(j, 8 * k), min(n, 8 * k + 8)):
+                if not ok[i]:
+                    return i
+    return n
+
+
+@_element
+def _sgd_element(wi, gi, hi, clip_scale, norm, reg, local_decay, local_rate, momentum, form, zero_fill):
+    gi = _prologue(wi, gi, clip_scale, norm, reg, local_decay, form, zero_fill, True)
+    hi = axpby(local_rate, gi, momentum, hi, form, zero_fill)
+    return net_update(wi, hi, form), hi, hi
+
+
+@_element
+def _nesterov_element(wi, gi, hi, clip_scale, norm, reg, local_decay, local_rate, momentum, one_plus_momentum,
+                      neg_momentum, form, zero_fill):
+    gi = _prologue(wi, gi, clip_scale, norm, reg, local_decay, form, zero_fill, True)
+    new = axpby(local_rate, gi, momentum, hi, form, zero_fill)
+    u = axpby(one_plus_momentum, new, neg_momentum, hi, form, zero_fill)
+    return net_update(wi, u, form), u, new
+
+
+@_range
+def _sgd_range(w, g, h, clip_scale, norm, reg, local_decay, local_rate, momentum, form, zero_fill):
+    for i in range(w.size):
+        w[i], g[i], h[i] = _sgd_element(w[i], g[i], h[i], clip_scale, norm, reg, local_decay, local_rate, momentum,
+                                        form, zero_fill)
+
+
+@_range
+def _nesterov_range(w, g, h, clip_scale, norm, reg, local_decay, local_rate, momentum, one_plus_momentum,
+                    neg_momentum, form, zero_fill):
+    for i in range(w.size):
+        w[i], g[i], h[i] = _nesterov_element(w[i], g[i], h[i], clip_scale, norm, reg, local_decay, local_rate,
+                                             momentum, one_plus_momentum, neg_momentum, form, zero_fill)
+
+
+@_element
+def _adagrad_element(wi, gi, hi, sv, ss, clip_scale, norm, reg, local_decay, local_rate, delta, form, zero_fill,
+                     exact):
+    gi = _prologue(wi, gi, clip_scale, norm, reg, local_decay, form, zero_fill, exact)
+    u, ok1 = _pow2(gi, exact)
+    hi = caffe_add(u, hi, sv, exact)
+    u, ok2 = _pow_half(hi, exact)
+    u = caffe_add_scalar(delta, u, ss, exact)
+    u = gi / u
+    gi = axpby(local_rate, u, np.float32(0), gi, form, zero_fill, exact)
+    return net_update(wi, gi, form, exact), gi, hi, ok1 & ok2
+
+
+@_range
+def _adagrad_range(w, g, h, sv, ss, clip_scale, norm, reg, local_decay, local_rate, delta, form, zero_fill, nan):
+    """Elements of ``adagrad_update`` block by block (``sv``/``ss``: swapped elements' indices here, or -1)."""
+    w0 = np.empty(_BLOCK, w.dtype)
+    g0 = np.empty(_BLOCK, w.dtype)
+    h0 = np.empty(_BLOCK, w.dtype)
+    words = np.full(_BLOCK // 8, _ALL_CERTAIN, np.uint64)
+    ok = words.view(np.uint8)
+    for b in range(0, w.size, _BLOCK):
+        ws, gs, hs = w[b:b + _BLOCK], g[b:b + _BLOCK], h[b:b + _BLOCK]
+        for j in range(ws.size):
+            wi, gi, hi = ws[j], gs[j], hs[j]
+            w0[j], g0[j], h0[j] = wi, gi, hi
+            ws[j], gs[j], hs[j], certain = _adagrad_element(
+                wi, gi, hi, b + j == sv, b + j == ss, clip_scale, norm, reg, local_decay, local_rate, delta, form, zero_fill, False)
+            ok[j] = certain & (not (nan | (wi != wi) | (gi != gi) | (hi != hi)))
+        j = _next_uncertain(ok, words, 0, ws.size)
+        while j < ws.size:
+            ws[j], gs[j], hs[j], _ = _adagrad_element(
+                w0[j], g0[j], h0[j], b + j == sv, b + j == ss, clip_scale, norm, reg, local_decay, local_rate, delta, form, zero_fill, True)
+            j = _next_uncertain(ok, words, j + 1, ws.size)
+
+
+@_element
+def _rmsprop_element(wi, gi, hi, ss, clip_scale, norm, reg, local_decay, local_rate, rms_decay, one_minus_rms_decay,
+                     delta, form, zero_fill, exact):
+    gi = _prologue(wi, gi, clip_scale, norm, reg, local_decay, form, zero_fill, exact)
+    u, ok1 = _pow2(gi, exact)
+    hi = axpby(one_minus_rms_decay, u, rms_decay, hi, form, zero_fill, exact)
+    u, ok2 = _pow_half(hi, exact)
+    u = caffe_add_scalar(delta, u, ss, exact)
+    u = gi / u
+    gi = axpby(local_rate, u, np.float32(0), gi, form, zero_fill, exact)
+    return net_update(wi, gi, form, exact), gi, hi, ok1 & ok2
+
+
+@_range
+def _rmsprop_range(w, g, h, ss, clip_scale, norm, reg, local_decay, local_rate, rms_decay, one_minus_rms_decay, delta, form, zero_fill, nan):
+    """Elements of ``rmsprop_update`` block by block (``ss``: swapped elements' indices here, or -1)."""
+    w0 = np.empty(_BLOCK, w.dtype)
+    g0 = np.empty(_BLOCK, w.dtype)
+    h0 = np.empty(_BLOCK, w.dtype)
+    words = np.full(_BLOCK // 8, _ALL_CERTAIN, np.uint64)
+    ok = words.view(np.uint8)
+    for b in range(0, w.size, _BLOCK):
+        ws, gs, hs = w[b:b + _BLOCK], g[b:b + _BLOCK], h[b:b + _BLOCK]
+        for j in range(ws.size):
+            wi, gi, hi = ws[j], gs[j], hs[j]
+            w0[j], g0[j], h0[j] = wi, gi, hi
+            ws[j], gs[j], hs[j], certain = _rmsprop_element(
+                wi, gi, hi, b + j == ss, clip_scale, norm, reg, local_decay, local_rate, rms_decay, one_minus_rms_decay, delta, form, zero_fill, False)
+            ok[j] = certain & (not (nan | (wi != wi) | (gi != gi) | (hi != hi)))
+        j = _next_uncertain(ok, words, 0, ws.size)
+        while j < ws.size:
+            ws[j], gs[j], hs[j], _ = _rmsprop_element(
+                w0[j], g0[j], h0[j], b + j == ss, clip_scale, norm, reg, local_decay, local_rate, rms_decay, one_minus_rms_decay, delta, form, zero_fill, True)
+            j = _next_uncertain(ok, words, j + 1, ws.size)
+
+
+@_element
+def _adadelta_element(wi, gi, hi, h2i, sw, clip_scale, norm, reg, local_decay, local_rate, momentum,
+                      one_minus_momentum, delta, form, zero_fill, exact):
+    gi = _prologue(wi, gi, clip_scale, norm, reg, local_decay, form, zero_fill, exact)
+    u, ok1 = _pow2(gi, exact)
+    hi = axpby(one_minus_momentum, u, momentum, hi, form, zero_fill, exact)
+    u = caffe_add(delta, h2i, sw, exact) / caffe_add(delta, hi, sw, exact)
+    u, ok2 = _pow_half(u, exact)
+    gi = caffe_mul(gi, u, sw, exact)
+    u, ok3 = _pow2(gi, exact)
+    h2i = axpby(one_minus_momentum, u, momentum, h2i, form, zero_fill, exact)
+    gi = scal(local_rate, gi, zero_fill, exact)
+    return net_update(wi, gi, form, exact), gi, hi, h2i, ok1 & ok2 & ok3
+
+
+@_range
+def _adadelta_range(w, g, h, h2, sv, clip_scale, norm, reg, local_decay, local_rate, momentum, one_minus_momentum, delta, form, zero_fill, nan):
+    """Elements of ``adadelta_update`` block by block (``sv``: swapped elements' indices here, or -1)."""
+    w0 = np.empty(_BLOCK, w.dtype)
+    g0 = np.empty(_BLOCK, w.dtype)
+    h0 = np.empty(_BLOCK, w.dtype)
+    h20 = np.empty(_BLOCK, w.dtype)
+    words = np.full(_BLOCK // 8, _ALL_CERTAIN, np.uint64)
+    ok = words.view(np.uint8)
+    for b in range(0, w.size, _BLOCK):
+        ws, gs, hs, h2s = w[b:b + _BLOCK], g[b:b + _BLOCK], h[b:b + _BLOCK], h2[b:b + _BLOCK]
+        for j in range(ws.size):
+            wi, gi, hi, h2i = ws[j], gs[j], hs[j], h2s[j]
+            w0[j], g0[j], h0[j], h20[j] = wi, gi, hi, h2i
+            ws[j], gs[j], hs[j], h2s[j], certain = _adadelta_element(
+                wi, gi, hi, h2i, b + j == sv, clip_scale, norm, reg, local_decay, local_rate, momentum, one_minus_momentum, delta, form, zero_fill, False)
+            ok[j] = certain & (not (nan | (wi != wi) | (gi != gi) | (hi != hi) | (h2i != h2i)))
+        j = _next_uncertain(ok, words, 0, ws.size)
+        while j < ws.size:
+            ws[j], gs[j], hs[j], h2s[j], _ = _adadelta_element(
+                w0[j], g0[j], h0[j], h20[j], b + j == sv, clip_scale, norm, reg, local_decay, local_rate, momentum, one_minus_momentum, delta, form, zero_fill, True)
+            j = _next_uncertain(ok, words, j + 1, ws.size)
+
+
+@_element
+def _adam_element(wi, gi, mi, vi, ss, clip_scale, norm, reg, local_decay, rate_correction, beta1, one_minus_beta1,
+                  beta2, one_minus_beta2, eps_hat, form, zero_fill, exact):
+    gi = _prologue(wi, gi, clip_scale, norm, reg, local_decay, form, zero_fill, exact)
+    mi = axpby(one_minus_beta1, gi, beta1, mi, form, zero_fill, exact)
+    vi = axpby(one_minus_beta2, gi * gi, beta2, vi, form, zero_fill, exact)
+    t, ok = _pow_half(vi, exact)
+    t = mi / caffe_add_scalar(eps_hat, t, ss, exact)
+    gi = scal(rate_correction, t, zero_fill, exact)
+    return net_update(wi, gi, form, exact), gi, mi, vi, ok
+
+
+@_range
+def _adam_range(w, g, m, v, ss, clip_scale, norm, reg, local_decay, rate_correction, beta1, one_minus_beta1, beta2, one_minus_beta2, eps_hat, form, zero_fill, nan):
+    """Elements of ``adam_update`` block by block (``ss``: swapped elements' indices here, or -1)."""
+    w0 = np.empty(_BLOCK, w.dtype)
+    g0 = np.empty(_BLOCK, w.dtype)
+    m0 = np.empty(_BLOCK, w.dtype)
+    v0 = np.empty(_BLOCK, w.dtype)
+    words = np.full(_BLOCK // 8, _ALL_CERTAIN, np.uint64)
+    ok = words.view(np.uint8)
+    for b in range(0, w.size, _BLOCK):
+        ws, gs, ms, vs = w[b:b + _BLOCK], g[b:b + _BLOCK], m[b:b + _BLOCK], v[b:b + _BLOCK]
+        for j in range(ws.size):
+            wi, gi, mi, vi = ws[j], gs[j], ms[j], vs[j]
+            w0[j], g0[j], m0[j], v0[j] = wi, gi, mi, vi
+            ws[j], gs[j], ms[j], vs[j], certain = _adam_element(
+                wi, gi, mi, vi, b + j == ss, clip_scale, norm, reg, local_decay, rate_correction, beta1, one_minus_beta1, beta2, one_minus_beta2, eps_hat, form, zero_fill, False)
+            ok[j] = certain & (not (nan | (wi != wi) | (gi != gi) | (mi != mi) | (vi != vi)))
+        j = _next_uncertain(ok, words, 0, ws.size)
+        while j < ws.size:
+            ws[j], gs[j], ms[j], vs[j], _ = _adam_element(
+                w0[j], g0[j], m0[j], v0[j], b + j == ss, clip_scale, norm, reg, local_decay, rate_correction, beta1, one_minus_beta1, beta2, one_minus_beta2, eps_hat, form, zero_fill, True)
+            j = _next_uncertain(ok, words, j + 1, ws.size)
+
+
+# ---------------------------------------------------------------------------
+# solver kernels: prologue, ComputeUpdateValue, Net::Update, fused per element
+# ---------------------------------------------------------------------------
+@_pjit(f"void(A, A, A, {_PROLOGUE}, S, S, {_PROFILE})")
 def sgd_update(w, g, h, clip_scale, norm, reg, local_decay, local_rate, momentum, form, zero_fill):
     """SGD with momentum (``SGDSolver::ComputeUpdateValue``, CPU).
 
@@ -543,15 +896,17 @@ def sgd_update(w, g, h, clip_scale, norm, reg, local_decay, local_rate, momentum
     (fused) or ``fl(fl(momentum*h) + fl(local_rate*g))``; ``g = h``;
     ``w = fl(w - g)``. FMA: the saxpy half of axpby, and L2 decay.
     """
-    for i in range(w.size):
-        gi = _prologue(w[i], g[i], clip_scale, norm, reg, local_decay, form, zero_fill, True)
-        hi = axpby(local_rate, gi, momentum, h[i], form, zero_fill)
-        h[i] = hi
-        g[i] = hi
-        w[i] = net_update(w[i], hi, form)
+    n = w.size
+    if n < _PARALLEL_MIN:
+        _sgd_range(w, g, h, clip_scale, norm, reg, local_decay, local_rate, momentum, form, zero_fill)
+        return
+    nchunks, per = _chunks(n)
+    for c in numba.prange(nchunks):
+        s = slice(c * per, (c + 1) * per)
+        _sgd_range(w[s], g[s], h[s], clip_scale, norm, reg, local_decay, local_rate, momentum, form, zero_fill)
 
 
-@_jit(f"void(A, A, A, {_PROLOGUE}, S, S, S, S, {_PROFILE})")
+@_pjit(f"void(A, A, A, {_PROLOGUE}, S, S, S, S, {_PROFILE})")
 def nesterov_update(w, g, h, clip_scale, norm, reg, local_decay, local_rate, momentum, one_plus_momentum,
                     neg_momentum, form, zero_fill):
     """Nesterov momentum (``NesterovSolver::ComputeUpdateValue``, CPU).
@@ -565,28 +920,17 @@ def nesterov_update(w, g, h, clip_scale, norm, reg, local_decay, local_rate, mom
     ``fl(fl(..)+fl(..))`` when not fused); ``g = u``; ``w = fl(w - u)``.
     ``one_plus_momentum = fl(1+momentum)``, ``neg_momentum = -momentum``.
     """
-    for i in range(w.size):
-        gi = _prologue(w[i], g[i], clip_scale, norm, reg, local_decay, form, zero_fill, True)
-        old = h[i]
-        hi = axpby(local_rate, gi, momentum, old, form, zero_fill)
-        h[i] = hi
-        u = axpby(one_plus_momentum, hi, neg_momentum, old, form, zero_fill)
-        g[i] = u
-        w[i] = net_update(w[i], u, form)
+    n = w.size
+    if n < _PARALLEL_MIN:
+        _nesterov_range(w, g, h, clip_scale, norm, reg, local_decay, local_rate, momentum, one_plus_momentum, neg_momentum, form, zero_fill)
+        return
+    nchunks, per = _chunks(n)
+    for c in numba.prange(nchunks):
+        s = slice(c * per, (c + 1) * per)
+        _nesterov_range(w[s], g[s], h[s], clip_scale, norm, reg, local_decay, local_rate, momentum, one_plus_momentum, neg_momentum, form, zero_fill)
 
 
-@_element
-def _adagrad_element(wi, gi, hi, sv, ss, clip_scale, norm, reg, local_decay, local_rate, delta, form, zero_fill,
-                     exact):
-    gi = _prologue(wi, gi, clip_scale, norm, reg, local_decay, form, zero_fill, exact)
-    hi = caffe_add(powf(gi, np.float32(2)), hi, sv, exact)
-    u = caffe_add_scalar(delta, powf(hi, np.float32(0.5)), ss, exact)
-    u = gi / u
-    gi = axpby(local_rate, u, np.float32(0), gi, form, zero_fill, exact)
-    return net_update(wi, gi, form, exact), gi, hi
-
-
-@_jit(f"void(A, A, A, {_PROLOGUE}, S, S, {_PROFILE})")
+@_pjit(f"void(A, A, A, {_PROLOGUE}, S, S, {_PROFILE})")
 def adagrad_update(w, g, h, clip_scale, norm, reg, local_decay, local_rate, delta, form, zero_fill):
     """AdaGrad (``AdaGradSolver::ComputeUpdateValue``, CPU).
 
@@ -600,33 +944,20 @@ def adagrad_update(w, g, h, clip_scale, norm, reg, local_decay, local_rate, delt
     ``fl(local_rate*u)`` up to the sign of zero and the profile's
     ``sscal(0)``; ``w = fl(w - g)``.
     """
-    sv = tail_swap_index(w.size, 7)
-    ss = tail_swap_index(w.size, 3)
-    nan = (_isnan(clip_scale) | _isnan(norm) | _isnan(local_decay) | _isnan(local_rate) | _isnan(delta))
-    for i in range(w.size):
-        wi, gi, hi = w[i], g[i], h[i]
-        if nan or _isnan(wi) or _isnan(gi) or _isnan(hi):
-            wi, gi, hi = _adagrad_element(wi, gi, hi, i == sv, i == ss, clip_scale, norm, reg, local_decay,
-                                          local_rate, delta, form, zero_fill, True)
-        else:
-            wi, gi, hi = _adagrad_element(wi, gi, hi, i == sv, i == ss, clip_scale, norm, reg, local_decay,
-                                          local_rate, delta, form, zero_fill, False)
-        w[i], g[i], h[i] = wi, gi, hi
+    n = w.size
+    sv = tail_swap_index(n, 7)
+    ss = tail_swap_index(n, 3)
+    nan = ((clip_scale != clip_scale) | (norm != norm) | (local_decay != local_decay) | (local_rate != local_rate) | (delta != delta))
+    if n < _PARALLEL_MIN:
+        _adagrad_range(w, g, h, sv, ss, clip_scale, norm, reg, local_decay, local_rate, delta, form, zero_fill, nan)
+        return
+    nchunks, per = _chunks(n)
+    for c in numba.prange(nchunks):
+        s = slice(c * per, (c + 1) * per)
+        _adagrad_range(w[s], g[s], h[s], sv - c * per, ss - c * per, clip_scale, norm, reg, local_decay, local_rate, delta, form, zero_fill, nan)
 
 
-@_element
-def _rmsprop_element(wi, gi, hi, ss, clip_scale, norm, reg, local_decay, local_rate, rms_decay, one_minus_rms_decay,
-                     delta, form, zero_fill, exact):
-    gi = _prologue(wi, gi, clip_scale, norm, reg, local_decay, form, zero_fill, exact)
-    u = powf(gi, np.float32(2))
-    hi = axpby(one_minus_rms_decay, u, rms_decay, hi, form, zero_fill, exact)
-    u = caffe_add_scalar(delta, powf(hi, np.float32(0.5)), ss, exact)
-    u = gi / u
-    gi = axpby(local_rate, u, np.float32(0), gi, form, zero_fill, exact)
-    return net_update(wi, gi, form, exact), gi, hi
-
-
-@_jit(f"void(A, A, A, {_PROLOGUE}, S, S, S, S, {_PROFILE})")
+@_pjit(f"void(A, A, A, {_PROLOGUE}, S, S, S, S, {_PROFILE})")
 def rmsprop_update(w, g, h, clip_scale, norm, reg, local_decay, local_rate, rms_decay, one_minus_rms_decay, delta,
                    form, zero_fill):
     """RMSProp (``RMSPropSolver::ComputeUpdateValue``, CPU).
@@ -639,36 +970,19 @@ def rmsprop_update(w, g, h, clip_scale, norm, reg, local_decay, local_rate, rms_
     fl(rms_decay*h))``; ``u = fl(g / fl(powf(h, 0.5) + delta))``;
     ``g = fma(local_rate, u, sscal(0, g))``; ``w = fl(w - g)``.
     """
-    ss = tail_swap_index(w.size, 3)
-    nan = (_isnan(clip_scale) | _isnan(norm) | _isnan(local_decay) | _isnan(local_rate) | _isnan(rms_decay)
-           | _isnan(one_minus_rms_decay) | _isnan(delta))
-    for i in range(w.size):
-        wi, gi, hi = w[i], g[i], h[i]
-        if nan or _isnan(wi) or _isnan(gi) or _isnan(hi):
-            wi, gi, hi = _rmsprop_element(wi, gi, hi, i == ss, clip_scale, norm, reg, local_decay, local_rate,
-                                          rms_decay, one_minus_rms_decay, delta, form, zero_fill, True)
-        else:
-            wi, gi, hi = _rmsprop_element(wi, gi, hi, i == ss, clip_scale, norm, reg, local_decay, local_rate,
-                                          rms_decay, one_minus_rms_decay, delta, form, zero_fill, False)
-        w[i], g[i], h[i] = wi, gi, hi
+    n = w.size
+    ss = tail_swap_index(n, 3)
+    nan = ((clip_scale != clip_scale) | (norm != norm) | (local_decay != local_decay) | (local_rate != local_rate) | (rms_decay != rms_decay) | (one_minus_rms_decay != one_minus_rms_decay) | (delta != delta))
+    if n < _PARALLEL_MIN:
+        _rmsprop_range(w, g, h, ss, clip_scale, norm, reg, local_decay, local_rate, rms_decay, one_minus_rms_decay, delta, form, zero_fill, nan)
+        return
+    nchunks, per = _chunks(n)
+    for c in numba.prange(nchunks):
+        s = slice(c * per, (c + 1) * per)
+        _rmsprop_range(w[s], g[s], h[s], ss - c * per, clip_scale, norm, reg, local_decay, local_rate, rms_decay, one_minus_rms_decay, delta, form, zero_fill, nan)
 
 
-@_element
-def _adadelta_element(wi, gi, hi, h2i, sw, clip_scale, norm, reg, local_decay, local_rate, momentum,
-                      one_minus_momentum, delta, form, zero_fill, exact):
-    gi = _prologue(wi, gi, clip_scale, norm, reg, local_decay, form, zero_fill, exact)
-    u = powf(gi, np.float32(2))
-    hi = axpby(one_minus_momentum, u, momentum, hi, form, zero_fill, exact)
-    u = caffe_add(delta, h2i, sw, exact) / caffe_add(delta, hi, sw, exact)
-    u = powf(u, np.float32(0.5))
-    gi = caffe_mul(gi, u, sw, exact)
-    u = powf(gi, np.float32(2))
-    h2i = axpby(one_minus_momentum, u, momentum, h2i, form, zero_fill, exact)
-    gi = scal(local_rate, gi, zero_fill, exact)
-    return net_update(wi, gi, form, exact), gi, hi, h2i
-
-
-@_jit(f"void(A, A, A, A, {_PROLOGUE}, S, S, S, S, {_PROFILE})")
+@_pjit(f"void(A, A, A, A, {_PROLOGUE}, S, S, S, S, {_PROFILE})")
 def adadelta_update(w, g, h, h2, clip_scale, norm, reg, local_decay, local_rate, momentum, one_minus_momentum, delta,
                     form, zero_fill):
     """AdaDelta (``AdaDeltaSolver::ComputeUpdateValue``, CPU).
@@ -685,32 +999,19 @@ def adadelta_update(w, g, h, h2, clip_scale, norm, reg, local_decay, local_rate,
     ``g = fl(g*u)``; ``h2 = fma(one_minus_momentum, powf(g, 2),
     fl(momentum*h2))``; ``g = sscal(local_rate, g)``; ``w = fl(w - g)``.
     """
-    sv = tail_swap_index(w.size, 7)
-    nan = (_isnan(clip_scale) | _isnan(norm) | _isnan(local_decay) | _isnan(local_rate) | _isnan(momentum)
-           | _isnan(one_minus_momentum) | _isnan(delta))
-    for i in range(w.size):
-        wi, gi, hi, h2i = w[i], g[i], h[i], h2[i]
-        if nan or _isnan(wi) or _isnan(gi) or _isnan(hi) or _isnan(h2i):
-            wi, gi, hi, h2i = _adadelta_element(wi, gi, hi, h2i, i == sv, clip_scale, norm, reg, local_decay,
-                                                local_rate, momentum, one_minus_momentum, delta, form, zero_fill, True)
-        else:
-            wi, gi, hi, h2i = _adadelta_element(wi, gi, hi, h2i, i == sv, clip_scale, norm, reg, local_decay,
-                                                local_rate, momentum, one_minus_momentum, delta, form, zero_fill, False)
-        w[i], g[i], h[i], h2[i] = wi, gi, hi, h2i
+    n = w.size
+    sv = tail_swap_index(n, 7)
+    nan = ((clip_scale != clip_scale) | (norm != norm) | (local_decay != local_decay) | (local_rate != local_rate) | (momentum != momentum) | (one_minus_momentum != one_minus_momentum) | (delta != delta))
+    if n < _PARALLEL_MIN:
+        _adadelta_range(w, g, h, h2, sv, clip_scale, norm, reg, local_decay, local_rate, momentum, one_minus_momentum, delta, form, zero_fill, nan)
+        return
+    nchunks, per = _chunks(n)
+    for c in numba.prange(nchunks):
+        s = slice(c * per, (c + 1) * per)
+        _adadelta_range(w[s], g[s], h[s], h2[s], sv - c * per, clip_scale, norm, reg, local_decay, local_rate, momentum, one_minus_momentum, delta, form, zero_fill, nan)
 
 
-@_element
-def _adam_element(wi, gi, mi, vi, ss, clip_scale, norm, reg, local_decay, rate_correction, beta1, one_minus_beta1,
-                  beta2, one_minus_beta2, eps_hat, form, zero_fill, exact):
-    gi = _prologue(wi, gi, clip_scale, norm, reg, local_decay, form, zero_fill, exact)
-    mi = axpby(one_minus_beta1, gi, beta1, mi, form, zero_fill, exact)
-    vi = axpby(one_minus_beta2, gi * gi, beta2, vi, form, zero_fill, exact)
-    t = mi / caffe_add_scalar(eps_hat, powf(vi, np.float32(0.5)), ss, exact)
-    gi = scal(rate_correction, t, zero_fill, exact)
-    return net_update(wi, gi, form, exact), gi, mi, vi
-
-
-@_jit(f"void(A, A, A, A, {_PROLOGUE}, S, S, S, S, S, S, {_PROFILE})")
+@_pjit(f"void(A, A, A, A, {_PROLOGUE}, S, S, S, S, S, S, {_PROFILE})")
 def adam_update(w, g, m, v, clip_scale, norm, reg, local_decay, rate_correction, beta1, one_minus_beta1, beta2,
                 one_minus_beta2, eps_hat, form, zero_fill):
     """Adam (``AdamSolver::ComputeUpdateValue``, CPU).
@@ -728,20 +1029,16 @@ def adam_update(w, g, m, v, clip_scale, norm, reg, local_decay, rate_correction,
     ``g = sscal(rate_correction, fl(m / fl(powf(v, 0.5) + eps_hat)))``;
     ``w = fl(w - g)``.
     """
-    ss = tail_swap_index(w.size, 3)
-    nan = (_isnan(clip_scale) | _isnan(norm) | _isnan(local_decay) | _isnan(rate_correction) | _isnan(beta1)
-           | _isnan(one_minus_beta1) | _isnan(beta2) | _isnan(one_minus_beta2) | _isnan(eps_hat))
-    for i in range(w.size):
-        wi, gi, mi, vi = w[i], g[i], m[i], v[i]
-        if nan or _isnan(wi) or _isnan(gi) or _isnan(mi) or _isnan(vi):
-            wi, gi, mi, vi = _adam_element(wi, gi, mi, vi, i == ss, clip_scale, norm, reg, local_decay,
-                                           rate_correction, beta1, one_minus_beta1, beta2, one_minus_beta2, eps_hat,
-                                           form, zero_fill, True)
-        else:
-            wi, gi, mi, vi = _adam_element(wi, gi, mi, vi, i == ss, clip_scale, norm, reg, local_decay,
-                                           rate_correction, beta1, one_minus_beta1, beta2, one_minus_beta2, eps_hat,
-                                           form, zero_fill, False)
-        w[i], g[i], m[i], v[i] = wi, gi, mi, vi
+    n = w.size
+    ss = tail_swap_index(n, 3)
+    nan = ((clip_scale != clip_scale) | (norm != norm) | (local_decay != local_decay) | (rate_correction != rate_correction) | (beta1 != beta1) | (one_minus_beta1 != one_minus_beta1) | (beta2 != beta2) | (one_minus_beta2 != one_minus_beta2) | (eps_hat != eps_hat))
+    if n < _PARALLEL_MIN:
+        _adam_range(w, g, m, v, ss, clip_scale, norm, reg, local_decay, rate_correction, beta1, one_minus_beta1, beta2, one_minus_beta2, eps_hat, form, zero_fill, nan)
+        return
+    nchunks, per = _chunks(n)
+    for c in numba.prange(nchunks):
+        s = slice(c * per, (c + 1) * per)
+        _adam_range(w[s], g[s], m[s], v[s], ss - c * per, clip_scale, norm, reg, local_decay, rate_correction, beta1, one_minus_beta1, beta2, one_minus_beta2, eps_hat, form, zero_fill, nan)
 
 
 @_jit("float64(float64, float64, float64)")
