@@ -173,6 +173,8 @@ class Reference:
     defaults). ``history`` (``SolverState`` order: one blob per learnable
     blob, twice over for AdaDelta/Adam), ``iter`` and ``current_step``
     resume a run; a fresh run starts from zero history, as Caffe does.
+    ``parallel=False`` updates each blob on one thread (``kernels.update.SERIAL``);
+    the default splits large blobs over numba's threads, with the same bits.
 
     Settings Caffe refuses before training (unknown solver type, AdaGrad or
     RMSProp with momentum, ``rms_decay`` outside [0, 1), ...) raise that
@@ -189,12 +191,15 @@ class Reference:
         history: Sequence[np.ndarray] | None = None,
         iter: int = 0,
         current_step: int = 0,
+        parallel: bool = True,
     ):
         refusals = config_refusals(config)
         if refusals:
             raise refusals[0]
         self.config = config
         self.profile = get_profile(profile)
+        self.parallel = bool(parallel)
+        self._kernels = _k.PARALLEL if self.parallel else _k.SERIAL
         dt = self.profile.dtype
         specs = config.blobs or tuple(
             BlobSpec(name, tuple(np.shape(_as_array(v)))) for name, v in params.items()
@@ -240,7 +245,7 @@ class Reference:
 
     @classmethod
     def from_solverstate(cls, config: SolverConfig, params: Mapping[str, np.ndarray], state, *,
-                         profile: str | Profile = "caffe-openblas") -> "Reference":
+                         profile: str | Profile = "caffe-openblas", parallel: bool = True) -> "Reference":
         """Resume from a ``.solverstate`` (anything with ``iter``, ``current_step``, ``history``).
 
         ``params`` are the weights of the ``learned_net`` snapshot. As in
@@ -248,7 +253,7 @@ class Reference:
         the stepvalues say.
         """
         return cls(config, params, profile=profile, history=list(state.history),
-                   iter=int(state.iter), current_step=int(state.current_step))
+                   iter=int(state.iter), current_step=int(state.current_step), parallel=parallel)
 
     # -- state -------------------------------------------------------------
     @property
@@ -355,6 +360,7 @@ class Reference:
             corr = _k.adam_correction(np.float64(dt(cfg.momentum)), np.float64(dt(cfg.momentum2)),
                                       np.float64(self.iter + 1))
             corr = dt(corr)
+        kernel = self._kernels[kind]
         for p, spec in enumerate(self._specs):
             w, g, h = self._w[p], self._g[p], self._h[p]
             local_decay = dt(wd * dt(spec.decay_mult))
@@ -364,21 +370,20 @@ class Reference:
             local_rate = dt(rate * dt(spec.lr_mult))
             pro = (clip_scale, norm, reg, local_decay)
             if kind == "SGD":
-                _k.sgd_update(w, g, h, *pro, local_rate, momentum, form, zf)
+                kernel(w, g, h, *pro, local_rate, momentum, form, zf)
             elif kind == "Nesterov":
-                _k.nesterov_update(w, g, h, *pro, local_rate, momentum, dt(one + momentum), dt(-momentum), form, zf)
+                kernel(w, g, h, *pro, local_rate, momentum, dt(one + momentum), dt(-momentum), form, zf)
             elif kind == "AdaGrad":
-                _k.adagrad_update(w, g, h, *pro, local_rate, delta, form, zf)
+                kernel(w, g, h, *pro, local_rate, delta, form, zf)
             elif kind == "RMSProp":
                 rho = dt(cfg.rms_decay)
-                _k.rmsprop_update(w, g, h, *pro, local_rate, rho, dt(one - rho), delta, form, zf)
+                kernel(w, g, h, *pro, local_rate, rho, dt(one - rho), delta, form, zf)
             elif kind == "AdaDelta":
-                _k.adadelta_update(w, g, h, self._h[n + p], *pro, local_rate, momentum, dt(one - momentum), delta,
-                                   form, zf)
+                kernel(w, g, h, self._h[n + p], *pro, local_rate, momentum, dt(one - momentum), delta, form, zf)
             elif kind == "Adam":
                 b2 = dt(cfg.momentum2)
-                _k.adam_update(w, g, h, self._h[n + p], *pro, dt(local_rate * corr), momentum, dt(one - momentum),
-                               b2, dt(one - b2), delta, form, zf)
+                kernel(w, g, h, self._h[n + p], *pro, dt(local_rate * corr), momentum, dt(one - momentum),
+                       b2, dt(one - b2), delta, form, zf)
             else:  # unreachable: __init__ refuses unknown types
                 raise AssertionError(kind)
 

@@ -10,6 +10,7 @@ other element must have identical bits, signed zeros included.
 from __future__ import annotations
 
 import itertools
+import math
 
 import numba
 import numpy as np
@@ -329,3 +330,121 @@ def test_kernels_are_not_fastmath():
     for kern in (K.sgd_update, K.adam_update, K.sumsq_atlas, L.rate_float32):
         if hasattr(kern, "targetoptions"):
             assert not kern.targetoptions.get("fastmath")
+
+
+# ---------------------------------------------------------------------------
+# parallel and serial kernels agree bit for bit
+# ---------------------------------------------------------------------------
+from hypothesis import given, strategies as st  # noqa: E402
+
+#: scalar settings a kernel may see: ordinary, the BLAS short-cut values 0 and 1, and NaN
+_SCALARS = st.sampled_from([0.0, 1.0, 0.5, 0.9, 0.999, 1e-8, 0.0125, 2.5, math.nan])
+#: blob sizes that take the parallel path (65 chunks or so): whole blocks, ragged ends, n % 4 == 3 (libcaffe's
+#: swapped last element)
+_PARALLEL_SIZES = st.sampled_from([K._PARALLEL_MIN, K._PARALLEL_MIN + 3, K._PARALLEL_MIN + 1027])
+
+
+def _nan_payloads(rng, x: np.ndarray, count: int) -> None:
+    """Put ``count`` NaNs of random sign and payload (some signaling) into ``x``, often one last."""
+    bits = rng.integers(1, 1 << 22, count).astype(np.uint32) | rng.choice(np.array([0, 1 << 22], np.uint32), count)
+    sign = rng.choice(np.array([0, 1 << 31], np.uint32), count)
+    nans = (np.uint32(0x7F800000) | bits | sign).view(np.float32)
+    where = rng.choice(x.size, count, replace=False)
+    if rng.random() < 0.5:  # the last element, where libcaffe swaps operands (NaN in some arrays, not in others)
+        where[0] = x.size - 1
+    x[where] = nans.astype(x.dtype)
+
+
+def _assert_parallel_matches_serial(solver, arrays, call, *, one_thread=True):
+    """Run ``K.SERIAL[solver]`` and ``K.PARALLEL[solver]`` (also on one numba thread) on copies; same bits."""
+    dtype = arrays[0].dtype
+    runs = {"serial": K.SERIAL[solver], "parallel": K.PARALLEL[solver]}
+    out = {name: [a.copy() for a in arrays] for name in (*runs, *(["one thread"] if one_thread else []))}
+    threads = numba.get_num_threads()
+    with np.errstate(all="ignore"):
+        for name, kernel in runs.items():
+            kernel(*out[name], *call)
+        if one_thread:
+            numba.set_num_threads(1)
+            try:
+                K.PARALLEL[solver](*out["one thread"], *call)
+            finally:
+                numba.set_num_threads(threads)
+    uint = np.uint32 if dtype == np.float32 else np.uint64
+    for name in out:
+        for k, (s, p) in enumerate(zip(out["serial"], out[name])):
+            if not np.array_equal(s.view(uint), p.view(uint)):
+                i = int(np.argmax(s.view(uint) != p.view(uint)))
+                raise AssertionError(f"{solver}, {name}, array {k}, element {i} of {s.size}: serial "
+                                     f"{s.view(uint)[i]:#x}, {name} {p.view(uint)[i]:#x}")
+
+
+#: how many scalar arguments (after the prologue's three) each solver's kernel takes
+_REST = {"SGD": 2, "Nesterov": 4, "AdaGrad": 2, "RMSProp": 4, "AdaDelta": 4, "Adam": 6}
+
+
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_parallel_kernels_keep_the_swapped_last_element(solver):
+    """Where libcaffe swaps the last element's operands (n % 4 == 3), the chunks find it as the serial loop does.
+
+    Every pattern of NaN and finite in the last element's data, diff and
+    history, with each scalar NaN in turn (and none): the cases where which
+    NaN comes out depends on that swap.
+    """
+    n = K._PARALLEL_MIN + 3
+    rng = np.random.default_rng(SOLVERS.index(solver))
+    count = 4 if solver in ("AdaDelta", "Adam") else 3
+    base = [np.abs(mixed(rng, n, specials=False)) + f32(0.5) for _ in range(count)]
+    nscalars = 3 + _REST[solver]
+    for pattern in itertools.product((False, True), repeat=count):
+        arrays = [a.copy() for a in base]
+        for k, is_nan in enumerate(pattern):
+            if is_nan:
+                arrays[k][-1] = np.uint32(0x7FC00000 | (k + 1) << 4 | 0x80000000 * (k % 2)).view(np.float32)
+        for which in range(-1, nscalars):
+            args = [f32(0.5 if k < 3 else 0.25) for k in range(nscalars)]
+            if which >= 0:
+                args[which] = np.uint32(0xFFC00123).view(np.float32)
+            call = (args[0], args[1], K.REG_L2, *args[2:], K.AXPY_FUSED, K.SCAL_MULTIPLY)
+            _assert_parallel_matches_serial(solver, arrays, call, one_thread=False)
+
+
+@pytest.mark.parametrize("solver", SOLVERS)
+@given(n=_PARALLEL_SIZES, dtype=st.sampled_from([np.float32, np.float64]),
+       form=st.sampled_from([K.AXPY_SEPARATE, K.AXPY_FUSED, K.AXPY_SEPARATE_Y_FIRST]),
+       zero_fill=st.sampled_from([K.SCAL_MULTIPLY, K.SCAL_ZERO_FILL, K.SCAL_ZERO_FILL_NAN]),
+       reg=st.sampled_from([K.REG_NONE, K.REG_L2, K.REG_L1]), scalars=st.lists(_SCALARS, min_size=10, max_size=10),
+       seed=st.integers(0, 2**32 - 1))
+def test_parallel_and_serial_kernels_agree(solver, n, dtype, form, zero_fill, reg, scalars, seed):
+    """Every solver's threaded kernel gives the serial loop's bits, NaN payloads included, on any thread count."""
+    rng = np.random.default_rng(seed)
+    arrays = [mixed(rng, n, positive=solver not in ("SGD", "Nesterov") and k >= 2) for k in range(4)]
+    arrays[1][:POW2_TRAP.size] = POW2_TRAP
+    arrays[2][-SQRT_TRAP.size:] = SQRT_TRAP
+    for a in arrays:
+        _nan_payloads(rng, a, 9)
+    with np.errstate(invalid="ignore"):  # signaling NaNs widened to float64
+        arrays = [a.astype(dtype) for a in arrays[:4 if solver in ("AdaDelta", "Adam") else 3]]
+    args = [dtype(s) for s in scalars]
+    prologue = (args[0], args[1], reg, args[2])
+    call = (*prologue, *args[3:3 + _REST[solver]], form, zero_fill)
+    _assert_parallel_matches_serial(solver, arrays, call)
+
+
+def test_reference_parallel_switch():
+    """``Reference(parallel=False)`` runs the serial twins, with the same bits as the default."""
+    from harness.config import BlobSpec, SolverConfig
+    from harness.reference import Reference
+
+    n = K._PARALLEL_MIN + 3
+    rng = np.random.default_rng(7)
+    cfg = SolverConfig(type="Adam", base_lr=0.01, lr_policy="fixed", max_iter=2, momentum=0.9, momentum2=0.999,
+                       weight_decay=0.0005, blobs=(BlobSpec("ip/0", (n,)), BlobSpec("ip/1", (5,))))
+    params = {"ip/0": mixed(rng, n, specials=False), "ip/1": mixed(rng, 5)}
+    grads = [{"ip/0": mixed(rng, n, specials=False), "ip/1": mixed(rng, 5)} for _ in range(2)]
+    a, b = Reference(cfg, params), Reference(cfg, params, parallel=False)
+    assert a.parallel and not b.parallel and b._kernels is K.SERIAL
+    for g in grads:
+        ra, rb = a.step([g]), b.step([g])
+        for name in params:
+            assert np.array_equal(ra.params[name].view(np.uint32), rb.params[name].view(np.uint32))

@@ -130,6 +130,14 @@ __all__ = [
     "rmsprop_update",
     "adadelta_update",
     "adam_update",
+    "sgd_update_serial",
+    "nesterov_update_serial",
+    "adagrad_update_serial",
+    "rmsprop_update_serial",
+    "adadelta_update_serial",
+    "adam_update_serial",
+    "PARALLEL",
+    "SERIAL",
     "adam_correction",
     "sumsq_openblas_haswell",
     "sumsq_sequential",
@@ -883,6 +891,64 @@ def _adam_range(w, g, m, v, ss, clip_scale, norm, reg, local_decay, rate_correct
 
 
 # ---------------------------------------------------------------------------
+# serial twins: one thread, one pass over the whole array
+#
+# The same element code in one loop over the blob, no chunks. The parallel
+# kernels below call them for short arrays; for long ones they split the
+# array into chunks over numba's threads, which must give the same bits (the
+# tests compare the two). ``SERIAL``/``PARALLEL`` map solver types to them.
+# ---------------------------------------------------------------------------
+@_jit(f"void(A, A, A, {_PROLOGUE}, S, S, {_PROFILE})")
+def sgd_update_serial(w, g, h, clip_scale, norm, reg, local_decay, local_rate, momentum, form, zero_fill):
+    """``sgd_update`` on one thread."""
+    _sgd_range(w, g, h, clip_scale, norm, reg, local_decay, local_rate, momentum, form, zero_fill)
+
+
+@_jit(f"void(A, A, A, {_PROLOGUE}, S, S, S, S, {_PROFILE})")
+def nesterov_update_serial(w, g, h, clip_scale, norm, reg, local_decay, local_rate, momentum, one_plus_momentum,
+                           neg_momentum, form, zero_fill):
+    """``nesterov_update`` on one thread."""
+    _nesterov_range(w, g, h, clip_scale, norm, reg, local_decay, local_rate, momentum, one_plus_momentum,
+                    neg_momentum, form, zero_fill)
+
+
+@_jit(f"void(A, A, A, {_PROLOGUE}, S, S, {_PROFILE})")
+def adagrad_update_serial(w, g, h, clip_scale, norm, reg, local_decay, local_rate, delta, form, zero_fill):
+    """``adagrad_update`` on one thread."""
+    n = w.size
+    nan = ((clip_scale != clip_scale) | (norm != norm) | (local_decay != local_decay) | (local_rate != local_rate) | (delta != delta))
+    _adagrad_range(w, g, h, tail_swap_index(n, 7), tail_swap_index(n, 3), clip_scale, norm, reg, local_decay,
+                   local_rate, delta, form, zero_fill, nan)
+
+
+@_jit(f"void(A, A, A, {_PROLOGUE}, S, S, S, S, {_PROFILE})")
+def rmsprop_update_serial(w, g, h, clip_scale, norm, reg, local_decay, local_rate, rms_decay, one_minus_rms_decay,
+                          delta, form, zero_fill):
+    """``rmsprop_update`` on one thread."""
+    nan = ((clip_scale != clip_scale) | (norm != norm) | (local_decay != local_decay) | (local_rate != local_rate) | (rms_decay != rms_decay) | (one_minus_rms_decay != one_minus_rms_decay) | (delta != delta))
+    _rmsprop_range(w, g, h, tail_swap_index(w.size, 3), clip_scale, norm, reg, local_decay, local_rate, rms_decay,
+                   one_minus_rms_decay, delta, form, zero_fill, nan)
+
+
+@_jit(f"void(A, A, A, A, {_PROLOGUE}, S, S, S, S, {_PROFILE})")
+def adadelta_update_serial(w, g, h, h2, clip_scale, norm, reg, local_decay, local_rate, momentum, one_minus_momentum,
+                           delta, form, zero_fill):
+    """``adadelta_update`` on one thread."""
+    nan = ((clip_scale != clip_scale) | (norm != norm) | (local_decay != local_decay) | (local_rate != local_rate) | (momentum != momentum) | (one_minus_momentum != one_minus_momentum) | (delta != delta))
+    _adadelta_range(w, g, h, h2, tail_swap_index(w.size, 7), clip_scale, norm, reg, local_decay, local_rate, momentum,
+                    one_minus_momentum, delta, form, zero_fill, nan)
+
+
+@_jit(f"void(A, A, A, A, {_PROLOGUE}, S, S, S, S, S, S, {_PROFILE})")
+def adam_update_serial(w, g, m, v, clip_scale, norm, reg, local_decay, rate_correction, beta1, one_minus_beta1, beta2,
+                       one_minus_beta2, eps_hat, form, zero_fill):
+    """``adam_update`` on one thread."""
+    nan = ((clip_scale != clip_scale) | (norm != norm) | (local_decay != local_decay) | (rate_correction != rate_correction) | (beta1 != beta1) | (one_minus_beta1 != one_minus_beta1) | (beta2 != beta2) | (one_minus_beta2 != one_minus_beta2) | (eps_hat != eps_hat))
+    _adam_range(w, g, m, v, tail_swap_index(w.size, 3), clip_scale, norm, reg, local_decay, rate_correction, beta1,
+                one_minus_beta1, beta2, one_minus_beta2, eps_hat, form, zero_fill, nan)
+
+
+# ---------------------------------------------------------------------------
 # solver kernels: prologue, ComputeUpdateValue, Net::Update, fused per element
 # ---------------------------------------------------------------------------
 @_pjit(f"void(A, A, A, {_PROLOGUE}, S, S, {_PROFILE})")
@@ -1039,6 +1105,14 @@ def adam_update(w, g, m, v, clip_scale, norm, reg, local_decay, rate_correction,
     for c in numba.prange(nchunks):
         s = slice(c * per, (c + 1) * per)
         _adam_range(w[s], g[s], m[s], v[s], ss - c * per, clip_scale, norm, reg, local_decay, rate_correction, beta1, one_minus_beta1, beta2, one_minus_beta2, eps_hat, form, zero_fill, nan)
+
+
+#: the kernel of each solver type: ``PARALLEL`` (threads for blobs of _PARALLEL_MIN elements and more) and
+#: ``SERIAL`` (one thread); the two give the same bits
+PARALLEL = {"SGD": sgd_update, "Nesterov": nesterov_update, "AdaGrad": adagrad_update, "RMSProp": rmsprop_update,
+            "AdaDelta": adadelta_update, "Adam": adam_update}
+SERIAL = {"SGD": sgd_update_serial, "Nesterov": nesterov_update_serial, "AdaGrad": adagrad_update_serial,
+          "RMSProp": rmsprop_update_serial, "AdaDelta": adadelta_update_serial, "Adam": adam_update_serial}
 
 
 @_jit("float64(float64, float64, float64)")
