@@ -164,6 +164,11 @@ def _as_array(x) -> np.ndarray:
     return np.asarray(getattr(x, "data", x) if not isinstance(x, np.ndarray) else x)
 
 
+#: each solver type's kernel in ``harness.kernels.update`` (``_serial`` appended: its one-thread twin)
+_KERNEL_NAMES = {"SGD": "sgd_update", "Nesterov": "nesterov_update", "AdaGrad": "adagrad_update",
+                 "RMSProp": "rmsprop_update", "AdaDelta": "adadelta_update", "Adam": "adam_update"}
+
+
 class Reference:
     """Caffe's solver state plus its update, in one arithmetic profile.
 
@@ -199,7 +204,6 @@ class Reference:
         self.config = config
         self.profile = get_profile(profile)
         self.parallel = bool(parallel)
-        self._kernels = _k.PARALLEL if self.parallel else _k.SERIAL
         dt = self.profile.dtype
         specs = config.blobs or tuple(
             BlobSpec(name, tuple(np.shape(_as_array(v)))) for name, v in params.items()
@@ -254,6 +258,11 @@ class Reference:
         """
         return cls(config, params, profile=profile, history=list(state.history),
                    iter=int(state.iter), current_step=int(state.current_step), parallel=parallel)
+
+    @property
+    def kernel(self):
+        """The update kernel this reference calls (looked up per step: tests may patch the module)."""
+        return getattr(_k, _KERNEL_NAMES[self.config.type] + ("" if self.parallel else "_serial"))
 
     # -- state -------------------------------------------------------------
     @property
@@ -360,7 +369,7 @@ class Reference:
             corr = _k.adam_correction(np.float64(dt(cfg.momentum)), np.float64(dt(cfg.momentum2)),
                                       np.float64(self.iter + 1))
             corr = dt(corr)
-        kernel = self._kernels[kind]
+        kernel = self.kernel
         for p, spec in enumerate(self._specs):
             w, g, h = self._w[p], self._g[p], self._h[p]
             local_decay = dt(wd * dt(spec.decay_mult))

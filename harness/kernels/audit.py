@@ -57,7 +57,7 @@ __all__ = [
 ]
 
 #: SHA-256 of the ``update.py`` these kernels were compiled and checked against
-_UPDATE_SHA256 = "337f4d10d005ee51add2f59ed6313c32123a18674652ce96925e0a0f771f9a82"
+_UPDATE_SHA256 = "e8f4a1ebb05ce6429fa52e953a0474ec81886b3558b9cb0d18682eeb95f34a5f"
 
 
 def _sha256_of_source(module) -> str | None:

@@ -368,6 +368,11 @@ def _jit(template: str):
 
 
 _inline = numba.njit(cache=True, error_model="numpy", nogil=True)
+#: the ``exact`` argument of the element helpers: ``False`` (0) plain arithmetic with the certified powf forms,
+#: ``True`` (1) NaN bookkeeping and glibc's powf, ``_GLIBC_POW`` (2) plain arithmetic with glibc's powf where a
+#: certified form is uncertain (elements without NaN inputs: there plain arithmetic keeps the right NaN)
+_EXACT = 1
+_GLIBC_POW = 2
 #: a solver's per-element body: inlined into its kernel (numba IR) once per value of ``exact``, a constant
 #: there, so the copy without the NaN bookkeeping is plain arithmetic
 _element = numba.njit(cache=True, error_model="numpy", nogil=True, inline="always")
@@ -382,9 +387,12 @@ def _nan_of(first, second, r, exact=True):
     LLVM's freedom to commute operands does not matter. ``exact=False``
     returns ``r``: right when no operand can be a NaN other than the default
     one (every NaN born in an element from non-NaN inputs is x86's default
-    NaN, whatever the operand order). The helpers below take the same flag.
+    NaN, whatever the operand order). The helpers below take the same flag;
+    the solver elements also pass ``_GLIBC_POW`` (2), which is ``False``
+    here (no NaN bookkeeping) but calls glibc's ``powf`` where its
+    certified form is not certain (``_pow2``).
     """
-    if not exact:
+    if exact != _EXACT:
         return r
     r = select(second != second, quiet(second), r)
     return select(first != first, quiet(first), r)
@@ -402,7 +410,7 @@ def scal(alpha, y, zero_fill, exact=True):
     ``exact=False`` (plain arithmetic, no NaN selection; see ``_nan_of``).
     """
     zero = (zero_fill != SCAL_MULTIPLY) & ((alpha == 0) | ((zero_fill == SCAL_ZERO_FILL_NAN) & (alpha != alpha)))
-    if not exact:
+    if exact != _EXACT:
         if alpha == 1:
             return y
         if zero:
@@ -423,7 +431,7 @@ def axpy(alpha, x, y, form, exact=True):
     returns ``y`` untouched (NaN or Inf in ``x`` do not reach it). Branch-free
     (the form's result is selected) unless ``exact=False``.
     """
-    if not exact:
+    if exact != _EXACT:
         if alpha == 0:
             return y
         if form == AXPY_FUSED:
@@ -518,7 +526,7 @@ def _prologue(w, g, clip_scale, norm, reg, local_decay, form, zero_fill, exact):
     g = scal(clip_scale, g, zero_fill, exact)
     g = scal(norm, g, zero_fill, exact)
     s = select(w > 0, np.float32(1), select(w < 0, np.float32(-1), np.float32(0)))
-    if not exact:
+    if exact != _EXACT:
         if reg == REG_L2:
             return axpy(local_decay, w, g, form, exact)
         if reg == REG_L1:
@@ -560,8 +568,8 @@ def _prologue(w, g, clip_scale, norm, reg, local_decay, form, zero_fill, exact):
 #     ~2^-8 ulp iff |e| < (1 - 2^-7) * s * ulp(s); ulp(s) from s's exponent
 #     bits. +0 and -0 give +0 (glibc: powf(-0, 0.5) = +0, sqrtf(-0) = -0).
 # ---------------------------------------------------------------------------
-_SQUARE_C = np.float32(1 + 2.0**-7)
-_ROOT_K = np.float32(1 - 2.0**-7)
+_SQUARE_C = np.float32(1 + 2.0**-8)
+_ROOT_K = np.float32(1 - 2.0**-8)
 _SQUARE_MIN = np.float32(2.0**-126)
 _SQUARE_SCALE_MIN = np.float32(2.0**-20)
 _SQUARE_SCALE = np.float32(2.0**40)
@@ -641,18 +649,28 @@ def _root(x):
 
 @_element
 def _pow2(x, exact):
-    """glibc ``powf(x, 2)`` as ``(value, certain)``: glibc itself when ``exact``, else the certified form."""
-    if exact:
+    """glibc ``powf(x, 2)`` as ``(value, certain)``.
+
+    ``exact`` ``True``: glibc itself; ``False``: the certified form and its
+    flag; ``_GLIBC_POW``: the certified form where certain, else glibc.
+    """
+    if exact == _EXACT:
         return powf(x, np.float32(2)), True
-    return _square(x)
+    p, ok = _square(x)
+    if exact == _GLIBC_POW:
+        return p if ok else powf(x, np.float32(2)), True
+    return p, ok
 
 
 @_element
 def _pow_half(x, exact):
-    """glibc ``powf(x, 0.5)`` as ``(value, certain)``: glibc itself when ``exact``, else the certified form."""
-    if exact:
+    """glibc ``powf(x, 0.5)`` as ``(value, certain)``, with ``exact`` as for ``_pow2``."""
+    if exact == _EXACT:
         return powf(x, np.float32(0.5)), True
-    return _root(x)
+    s, ok = _root(x)
+    if exact == _GLIBC_POW:
+        return s if ok else powf(x, np.float32(0.5)), True
+    return s, ok
 
 
 _PROLOGUE = "S, S, int64, S"  # clip_scale, norm, reg, local_decay
@@ -692,24 +710,6 @@ def _chunks(n):
     per = -(-n // _CHUNKS)
     per = -(-per // _BLOCK) * _BLOCK
     return -(-n // per), per
-
-
-@_inline
-def _next_uncertain(ok, words, j, n):
-    """The first index in ``j..n-1`` whose ``ok`` byte is 0, else ``n``.
-
-    ``words`` is ``ok`` viewed as uint64: 8 flags are tested at a time.
-    """
-    while j < n and j % 8:
-        if not ok[j]:
-            return j
-        j += 1
-    for k in range(j // 8, (n + 7) // 8):
-        if words[k] != _ALL_CERTAIN:
-            for i in range(max(j, 8 * k), min(n, 8 * k + 8)):
-                if not ok[i]:
-                    return i
-    return n
 
 
 @_element
@@ -756,27 +756,48 @@ def _adagrad_element(wi, gi, hi, sv, ss, clip_scale, norm, reg, local_decay, loc
     return net_update(wi, gi, form, exact), gi, hi, ok1 & ok2
 
 
+@_element
+def _adagrad_block(ws, gs, hs, w0, g0, h0, ok, b, sv, ss, clip_scale, norm, reg, local_decay, local_rate, delta, form, zero_fill, nan):
+    """``_adagrad_range``'s vectorized pass over one block: results, the inputs kept in ``w0, g0, h0``, ``ok`` flags."""
+    for j in range(ws.size):
+        wi, gi, hi = ws[j], gs[j], hs[j]
+        w0[j], g0[j], h0[j] = wi, gi, hi
+        ws[j], gs[j], hs[j], certain = _adagrad_element(
+            wi, gi, hi, b + j == sv, b + j == ss, clip_scale, norm, reg, local_decay, local_rate, delta, form, zero_fill, False)
+        ok[j] = certain & (not (nan | (wi != wi) | (gi != gi) | (hi != hi)))
+
+
 @_range
 def _adagrad_range(w, g, h, sv, ss, clip_scale, norm, reg, local_decay, local_rate, delta, form, zero_fill, nan):
-    """Elements of ``adagrad_update`` block by block (``sv``/``ss``: swapped elements' indices here, or -1)."""
+    """Elements of ``adagrad_update`` block by block (``sv``/``ss``: swapped elements' indices here, or -1).
+
+    Without clipping and with ``iter_size`` 1 (``clip_scale == norm == 1``)
+    the vectorized pass runs with literal ones, which LLVM folds away.
+    """
     w0 = np.empty(_BLOCK, w.dtype)
     g0 = np.empty(_BLOCK, w.dtype)
     h0 = np.empty(_BLOCK, w.dtype)
     words = np.full(_BLOCK // 8, _ALL_CERTAIN, np.uint64)
     ok = words.view(np.uint8)
+    one = w.dtype.type(1)
+    plain = (clip_scale == 1) & (norm == 1)
     for b in range(0, w.size, _BLOCK):
         ws, gs, hs = w[b:b + _BLOCK], g[b:b + _BLOCK], h[b:b + _BLOCK]
-        for j in range(ws.size):
-            wi, gi, hi = ws[j], gs[j], hs[j]
-            w0[j], g0[j], h0[j] = wi, gi, hi
-            ws[j], gs[j], hs[j], certain = _adagrad_element(
-                wi, gi, hi, b + j == sv, b + j == ss, clip_scale, norm, reg, local_decay, local_rate, delta, form, zero_fill, False)
-            ok[j] = certain & (not (nan | (wi != wi) | (gi != gi) | (hi != hi)))
-        j = _next_uncertain(ok, words, 0, ws.size)
-        while j < ws.size:
-            ws[j], gs[j], hs[j], _ = _adagrad_element(
-                w0[j], g0[j], h0[j], b + j == sv, b + j == ss, clip_scale, norm, reg, local_decay, local_rate, delta, form, zero_fill, True)
-            j = _next_uncertain(ok, words, j + 1, ws.size)
+        if plain:
+            _adagrad_block(ws, gs, hs, w0, g0, h0, ok, b, sv, ss, one, one, reg, local_decay, local_rate, delta, form, zero_fill, nan)
+        else:
+            _adagrad_block(ws, gs, hs, w0, g0, h0, ok, b, sv, ss, clip_scale, norm, reg, local_decay, local_rate, delta, form, zero_fill,
+                          nan)
+        for k in range((ws.size + 7) // 8):
+            if words[k] != _ALL_CERTAIN:
+                for j in range(8 * k, min(8 * k + 8, ws.size)):
+                    if not ok[j]:  # a NaN input (NaN bookkeeping), else an uncertain powf
+                        if nan | (w0[j] != w0[j]) | (g0[j] != g0[j]) | (h0[j] != h0[j]):
+                            ws[j], gs[j], hs[j], _ = _adagrad_element(
+                                w0[j], g0[j], h0[j], b + j == sv, b + j == ss, clip_scale, norm, reg, local_decay, local_rate, delta, form, zero_fill, True)
+                        else:
+                            ws[j], gs[j], hs[j], _ = _adagrad_element(
+                                w0[j], g0[j], h0[j], b + j == sv, b + j == ss, clip_scale, norm, reg, local_decay, local_rate, delta, form, zero_fill, _GLIBC_POW)
 
 
 @_element
@@ -792,27 +813,48 @@ def _rmsprop_element(wi, gi, hi, ss, clip_scale, norm, reg, local_decay, local_r
     return net_update(wi, gi, form, exact), gi, hi, ok1 & ok2
 
 
+@_element
+def _rmsprop_block(ws, gs, hs, w0, g0, h0, ok, b, ss, clip_scale, norm, reg, local_decay, local_rate, rms_decay, one_minus_rms_decay, delta, form, zero_fill, nan):
+    """``_rmsprop_range``'s vectorized pass over one block: results, the inputs kept in ``w0, g0, h0``, ``ok`` flags."""
+    for j in range(ws.size):
+        wi, gi, hi = ws[j], gs[j], hs[j]
+        w0[j], g0[j], h0[j] = wi, gi, hi
+        ws[j], gs[j], hs[j], certain = _rmsprop_element(
+            wi, gi, hi, b + j == ss, clip_scale, norm, reg, local_decay, local_rate, rms_decay, one_minus_rms_decay, delta, form, zero_fill, False)
+        ok[j] = certain & (not (nan | (wi != wi) | (gi != gi) | (hi != hi)))
+
+
 @_range
 def _rmsprop_range(w, g, h, ss, clip_scale, norm, reg, local_decay, local_rate, rms_decay, one_minus_rms_decay, delta, form, zero_fill, nan):
-    """Elements of ``rmsprop_update`` block by block (``ss``: swapped elements' indices here, or -1)."""
+    """Elements of ``rmsprop_update`` block by block (``ss``: swapped elements' indices here, or -1).
+
+    Without clipping and with ``iter_size`` 1 (``clip_scale == norm == 1``)
+    the vectorized pass runs with literal ones, which LLVM folds away.
+    """
     w0 = np.empty(_BLOCK, w.dtype)
     g0 = np.empty(_BLOCK, w.dtype)
     h0 = np.empty(_BLOCK, w.dtype)
     words = np.full(_BLOCK // 8, _ALL_CERTAIN, np.uint64)
     ok = words.view(np.uint8)
+    one = w.dtype.type(1)
+    plain = (clip_scale == 1) & (norm == 1)
     for b in range(0, w.size, _BLOCK):
         ws, gs, hs = w[b:b + _BLOCK], g[b:b + _BLOCK], h[b:b + _BLOCK]
-        for j in range(ws.size):
-            wi, gi, hi = ws[j], gs[j], hs[j]
-            w0[j], g0[j], h0[j] = wi, gi, hi
-            ws[j], gs[j], hs[j], certain = _rmsprop_element(
-                wi, gi, hi, b + j == ss, clip_scale, norm, reg, local_decay, local_rate, rms_decay, one_minus_rms_decay, delta, form, zero_fill, False)
-            ok[j] = certain & (not (nan | (wi != wi) | (gi != gi) | (hi != hi)))
-        j = _next_uncertain(ok, words, 0, ws.size)
-        while j < ws.size:
-            ws[j], gs[j], hs[j], _ = _rmsprop_element(
-                w0[j], g0[j], h0[j], b + j == ss, clip_scale, norm, reg, local_decay, local_rate, rms_decay, one_minus_rms_decay, delta, form, zero_fill, True)
-            j = _next_uncertain(ok, words, j + 1, ws.size)
+        if plain:
+            _rmsprop_block(ws, gs, hs, w0, g0, h0, ok, b, ss, one, one, reg, local_decay, local_rate, rms_decay, one_minus_rms_decay, delta, form, zero_fill, nan)
+        else:
+            _rmsprop_block(ws, gs, hs, w0, g0, h0, ok, b, ss, clip_scale, norm, reg, local_decay, local_rate, rms_decay, one_minus_rms_decay, delta, form, zero_fill,
+                          nan)
+        for k in range((ws.size + 7) // 8):
+            if words[k] != _ALL_CERTAIN:
+                for j in range(8 * k, min(8 * k + 8, ws.size)):
+                    if not ok[j]:  # a NaN input (NaN bookkeeping), else an uncertain powf
+                        if nan | (w0[j] != w0[j]) | (g0[j] != g0[j]) | (h0[j] != h0[j]):
+                            ws[j], gs[j], hs[j], _ = _rmsprop_element(
+                                w0[j], g0[j], h0[j], b + j == ss, clip_scale, norm, reg, local_decay, local_rate, rms_decay, one_minus_rms_decay, delta, form, zero_fill, True)
+                        else:
+                            ws[j], gs[j], hs[j], _ = _rmsprop_element(
+                                w0[j], g0[j], h0[j], b + j == ss, clip_scale, norm, reg, local_decay, local_rate, rms_decay, one_minus_rms_decay, delta, form, zero_fill, _GLIBC_POW)
 
 
 @_element
@@ -830,28 +872,49 @@ def _adadelta_element(wi, gi, hi, h2i, sw, clip_scale, norm, reg, local_decay, l
     return net_update(wi, gi, form, exact), gi, hi, h2i, ok1 & ok2 & ok3
 
 
+@_element
+def _adadelta_block(ws, gs, hs, h2s, w0, g0, h0, h20, ok, b, sv, clip_scale, norm, reg, local_decay, local_rate, momentum, one_minus_momentum, delta, form, zero_fill, nan):
+    """``_adadelta_range``'s vectorized pass over one block: results, the inputs kept in ``w0, g0, h0, h20``, ``ok`` flags."""
+    for j in range(ws.size):
+        wi, gi, hi, h2i = ws[j], gs[j], hs[j], h2s[j]
+        w0[j], g0[j], h0[j], h20[j] = wi, gi, hi, h2i
+        ws[j], gs[j], hs[j], h2s[j], certain = _adadelta_element(
+            wi, gi, hi, h2i, b + j == sv, clip_scale, norm, reg, local_decay, local_rate, momentum, one_minus_momentum, delta, form, zero_fill, False)
+        ok[j] = certain & (not (nan | (wi != wi) | (gi != gi) | (hi != hi) | (h2i != h2i)))
+
+
 @_range
 def _adadelta_range(w, g, h, h2, sv, clip_scale, norm, reg, local_decay, local_rate, momentum, one_minus_momentum, delta, form, zero_fill, nan):
-    """Elements of ``adadelta_update`` block by block (``sv``: swapped elements' indices here, or -1)."""
+    """Elements of ``adadelta_update`` block by block (``sv``: swapped elements' indices here, or -1).
+
+    Without clipping and with ``iter_size`` 1 (``clip_scale == norm == 1``)
+    the vectorized pass runs with literal ones, which LLVM folds away.
+    """
     w0 = np.empty(_BLOCK, w.dtype)
     g0 = np.empty(_BLOCK, w.dtype)
     h0 = np.empty(_BLOCK, w.dtype)
     h20 = np.empty(_BLOCK, w.dtype)
     words = np.full(_BLOCK // 8, _ALL_CERTAIN, np.uint64)
     ok = words.view(np.uint8)
+    one = w.dtype.type(1)
+    plain = (clip_scale == 1) & (norm == 1)
     for b in range(0, w.size, _BLOCK):
         ws, gs, hs, h2s = w[b:b + _BLOCK], g[b:b + _BLOCK], h[b:b + _BLOCK], h2[b:b + _BLOCK]
-        for j in range(ws.size):
-            wi, gi, hi, h2i = ws[j], gs[j], hs[j], h2s[j]
-            w0[j], g0[j], h0[j], h20[j] = wi, gi, hi, h2i
-            ws[j], gs[j], hs[j], h2s[j], certain = _adadelta_element(
-                wi, gi, hi, h2i, b + j == sv, clip_scale, norm, reg, local_decay, local_rate, momentum, one_minus_momentum, delta, form, zero_fill, False)
-            ok[j] = certain & (not (nan | (wi != wi) | (gi != gi) | (hi != hi) | (h2i != h2i)))
-        j = _next_uncertain(ok, words, 0, ws.size)
-        while j < ws.size:
-            ws[j], gs[j], hs[j], h2s[j], _ = _adadelta_element(
-                w0[j], g0[j], h0[j], h20[j], b + j == sv, clip_scale, norm, reg, local_decay, local_rate, momentum, one_minus_momentum, delta, form, zero_fill, True)
-            j = _next_uncertain(ok, words, j + 1, ws.size)
+        if plain:
+            _adadelta_block(ws, gs, hs, h2s, w0, g0, h0, h20, ok, b, sv, one, one, reg, local_decay, local_rate, momentum, one_minus_momentum, delta, form, zero_fill, nan)
+        else:
+            _adadelta_block(ws, gs, hs, h2s, w0, g0, h0, h20, ok, b, sv, clip_scale, norm, reg, local_decay, local_rate, momentum, one_minus_momentum, delta, form, zero_fill,
+                          nan)
+        for k in range((ws.size + 7) // 8):
+            if words[k] != _ALL_CERTAIN:
+                for j in range(8 * k, min(8 * k + 8, ws.size)):
+                    if not ok[j]:  # a NaN input (NaN bookkeeping), else an uncertain powf
+                        if nan | (w0[j] != w0[j]) | (g0[j] != g0[j]) | (h0[j] != h0[j]) | (h20[j] != h20[j]):
+                            ws[j], gs[j], hs[j], h2s[j], _ = _adadelta_element(
+                                w0[j], g0[j], h0[j], h20[j], b + j == sv, clip_scale, norm, reg, local_decay, local_rate, momentum, one_minus_momentum, delta, form, zero_fill, True)
+                        else:
+                            ws[j], gs[j], hs[j], h2s[j], _ = _adadelta_element(
+                                w0[j], g0[j], h0[j], h20[j], b + j == sv, clip_scale, norm, reg, local_decay, local_rate, momentum, one_minus_momentum, delta, form, zero_fill, _GLIBC_POW)
 
 
 @_element
@@ -866,28 +929,49 @@ def _adam_element(wi, gi, mi, vi, ss, clip_scale, norm, reg, local_decay, rate_c
     return net_update(wi, gi, form, exact), gi, mi, vi, ok
 
 
+@_element
+def _adam_block(ws, gs, ms, vs, w0, g0, m0, v0, ok, b, ss, clip_scale, norm, reg, local_decay, rate_correction, beta1, one_minus_beta1, beta2, one_minus_beta2, eps_hat, form, zero_fill, nan):
+    """``_adam_range``'s vectorized pass over one block: results, the inputs kept in ``w0, g0, m0, v0``, ``ok`` flags."""
+    for j in range(ws.size):
+        wi, gi, mi, vi = ws[j], gs[j], ms[j], vs[j]
+        w0[j], g0[j], m0[j], v0[j] = wi, gi, mi, vi
+        ws[j], gs[j], ms[j], vs[j], certain = _adam_element(
+            wi, gi, mi, vi, b + j == ss, clip_scale, norm, reg, local_decay, rate_correction, beta1, one_minus_beta1, beta2, one_minus_beta2, eps_hat, form, zero_fill, False)
+        ok[j] = certain & (not (nan | (wi != wi) | (gi != gi) | (mi != mi) | (vi != vi)))
+
+
 @_range
 def _adam_range(w, g, m, v, ss, clip_scale, norm, reg, local_decay, rate_correction, beta1, one_minus_beta1, beta2, one_minus_beta2, eps_hat, form, zero_fill, nan):
-    """Elements of ``adam_update`` block by block (``ss``: swapped elements' indices here, or -1)."""
+    """Elements of ``adam_update`` block by block (``ss``: swapped elements' indices here, or -1).
+
+    Without clipping and with ``iter_size`` 1 (``clip_scale == norm == 1``)
+    the vectorized pass runs with literal ones, which LLVM folds away.
+    """
     w0 = np.empty(_BLOCK, w.dtype)
     g0 = np.empty(_BLOCK, w.dtype)
     m0 = np.empty(_BLOCK, w.dtype)
     v0 = np.empty(_BLOCK, w.dtype)
     words = np.full(_BLOCK // 8, _ALL_CERTAIN, np.uint64)
     ok = words.view(np.uint8)
+    one = w.dtype.type(1)
+    plain = (clip_scale == 1) & (norm == 1)
     for b in range(0, w.size, _BLOCK):
         ws, gs, ms, vs = w[b:b + _BLOCK], g[b:b + _BLOCK], m[b:b + _BLOCK], v[b:b + _BLOCK]
-        for j in range(ws.size):
-            wi, gi, mi, vi = ws[j], gs[j], ms[j], vs[j]
-            w0[j], g0[j], m0[j], v0[j] = wi, gi, mi, vi
-            ws[j], gs[j], ms[j], vs[j], certain = _adam_element(
-                wi, gi, mi, vi, b + j == ss, clip_scale, norm, reg, local_decay, rate_correction, beta1, one_minus_beta1, beta2, one_minus_beta2, eps_hat, form, zero_fill, False)
-            ok[j] = certain & (not (nan | (wi != wi) | (gi != gi) | (mi != mi) | (vi != vi)))
-        j = _next_uncertain(ok, words, 0, ws.size)
-        while j < ws.size:
-            ws[j], gs[j], ms[j], vs[j], _ = _adam_element(
-                w0[j], g0[j], m0[j], v0[j], b + j == ss, clip_scale, norm, reg, local_decay, rate_correction, beta1, one_minus_beta1, beta2, one_minus_beta2, eps_hat, form, zero_fill, True)
-            j = _next_uncertain(ok, words, j + 1, ws.size)
+        if plain:
+            _adam_block(ws, gs, ms, vs, w0, g0, m0, v0, ok, b, ss, one, one, reg, local_decay, rate_correction, beta1, one_minus_beta1, beta2, one_minus_beta2, eps_hat, form, zero_fill, nan)
+        else:
+            _adam_block(ws, gs, ms, vs, w0, g0, m0, v0, ok, b, ss, clip_scale, norm, reg, local_decay, rate_correction, beta1, one_minus_beta1, beta2, one_minus_beta2, eps_hat, form, zero_fill,
+                          nan)
+        for k in range((ws.size + 7) // 8):
+            if words[k] != _ALL_CERTAIN:
+                for j in range(8 * k, min(8 * k + 8, ws.size)):
+                    if not ok[j]:  # a NaN input (NaN bookkeeping), else an uncertain powf
+                        if nan | (w0[j] != w0[j]) | (g0[j] != g0[j]) | (m0[j] != m0[j]) | (v0[j] != v0[j]):
+                            ws[j], gs[j], ms[j], vs[j], _ = _adam_element(
+                                w0[j], g0[j], m0[j], v0[j], b + j == ss, clip_scale, norm, reg, local_decay, rate_correction, beta1, one_minus_beta1, beta2, one_minus_beta2, eps_hat, form, zero_fill, True)
+                        else:
+                            ws[j], gs[j], ms[j], vs[j], _ = _adam_element(
+                                w0[j], g0[j], m0[j], v0[j], b + j == ss, clip_scale, norm, reg, local_decay, rate_correction, beta1, one_minus_beta1, beta2, one_minus_beta2, eps_hat, form, zero_fill, _GLIBC_POW)
 
 
 # ---------------------------------------------------------------------------
