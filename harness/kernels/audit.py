@@ -57,7 +57,7 @@ __all__ = [
 ]
 
 #: SHA-256 of the ``update.py`` these kernels were compiled and checked against
-_UPDATE_SHA256 = "e8f4a1ebb05ce6429fa52e953a0474ec81886b3558b9cb0d18682eeb95f34a5f"
+_UPDATE_SHA256 = "ca083a7018256624b5ba3a21173ca6fdb723843fa19d14f8af5c7ca19221d900"
 
 
 def _sha256_of_source(module) -> str | None:
