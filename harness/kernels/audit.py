@@ -57,7 +57,7 @@ __all__ = [
 ]
 
 #: SHA-256 of the ``update.py`` these kernels were compiled and checked against
-_UPDATE_SHA256 = "ca083a7018256624b5ba3a21173ca6fdb723843fa19d14f8af5c7ca19221d900"
+_UPDATE_SHA256 = "3ccb75576978b7b0945531d2b7c9459e454a0f18a03633ef41b54ed9b061c658"
 
 
 def _sha256_of_source(module) -> str | None:

@@ -694,7 +694,7 @@ _PROFILE = "int64, int64"  # form (AXPY_*; True/False also work), zero_fill
 # indices it knows to be non-negative).
 # ---------------------------------------------------------------------------
 _BLOCK = 512
-_PARALLEL_MIN = 1 << 18
+_PARALLEL_MIN = 1 << 10 if _DISABLE_JIT else 1 << 18  # plain Python (NUMBA_DISABLE_JIT): chunks from 1 Ki elements
 _CHUNKS = 64
 _ALL_CERTAIN = np.uint64(0x0101010101010101)
 
@@ -716,34 +716,88 @@ def _chunks(n):
 
 
 @_element
-def _sgd_element(wi, gi, hi, clip_scale, norm, reg, local_decay, local_rate, momentum, form, zero_fill):
-    gi = _prologue(wi, gi, clip_scale, norm, reg, local_decay, form, zero_fill, True)
-    hi = axpby(local_rate, gi, momentum, hi, form, zero_fill)
-    return net_update(wi, hi, form), hi, hi
+def _sgd_element(wi, gi, hi, clip_scale, norm, reg, local_decay, local_rate, momentum, form, zero_fill, exact):
+    gi = _prologue(wi, gi, clip_scale, norm, reg, local_decay, form, zero_fill, exact)
+    hi = axpby(local_rate, gi, momentum, hi, form, zero_fill, exact)
+    return net_update(wi, hi, form, exact), hi, hi, True
 
 
 @_element
 def _nesterov_element(wi, gi, hi, clip_scale, norm, reg, local_decay, local_rate, momentum, one_plus_momentum,
-                      neg_momentum, form, zero_fill):
-    gi = _prologue(wi, gi, clip_scale, norm, reg, local_decay, form, zero_fill, True)
-    new = axpby(local_rate, gi, momentum, hi, form, zero_fill)
-    u = axpby(one_plus_momentum, new, neg_momentum, hi, form, zero_fill)
-    return net_update(wi, u, form), u, new
+                      neg_momentum, form, zero_fill, exact):
+    gi = _prologue(wi, gi, clip_scale, norm, reg, local_decay, form, zero_fill, exact)
+    new = axpby(local_rate, gi, momentum, hi, form, zero_fill, exact)
+    u = axpby(one_plus_momentum, new, neg_momentum, hi, form, zero_fill, exact)
+    return net_update(wi, u, form, exact), u, new, True
+
+
+@_element
+def _has_nan(a, b, c):
+    """Whether any element of three equal-length arrays is NaN (a vectorized OR reduction)."""
+    found = False
+    for j in range(a.size):
+        found |= (a[j] != a[j]) | (b[j] != b[j]) | (c[j] != c[j])
+    return found
+
+
+@_element
+def _sgd_pass(ws, gs, hs, clip_scale, norm, reg, local_decay, local_rate, momentum, form, zero_fill, exact):
+    """``_sgd_range``'s loop over one block, with or without the NaN bookkeeping."""
+    for j in range(ws.size):
+        ws[j], gs[j], hs[j], _ = _sgd_element(ws[j], gs[j], hs[j], clip_scale, norm, reg, local_decay, local_rate, momentum, form,
+                                              zero_fill, exact)
 
 
 @_range
 def _sgd_range(w, g, h, clip_scale, norm, reg, local_decay, local_rate, momentum, form, zero_fill):
-    for i in range(w.size):
-        w[i], g[i], h[i] = _sgd_element(w[i], g[i], h[i], clip_scale, norm, reg, local_decay, local_rate, momentum,
-                                        form, zero_fill)
+    """Elements of ``sgd_update`` block by block: plain arithmetic unless the block holds a NaN.
+
+    A block with a NaN in its data, diff or history (or any NaN setting)
+    runs with the NaN bookkeeping, the others without it (the same bits when
+    no operand is NaN) and, without clipping and with ``iter_size`` 1
+    (``clip_scale == norm == 1``), with literal ones that LLVM folds away.
+    """
+    one = w.dtype.type(1)
+    plain = (clip_scale == 1) & (norm == 1)
+    nan = _isnan(clip_scale) | _isnan(norm) | _isnan(local_decay) | _isnan(local_rate) | _isnan(momentum)
+    for b in range(0, w.size, _BLOCK):
+        ws, gs, hs = w[b:b + _BLOCK], g[b:b + _BLOCK], h[b:b + _BLOCK]
+        if nan or _has_nan(ws, gs, hs):
+            _sgd_pass(ws, gs, hs, clip_scale, norm, reg, local_decay, local_rate, momentum, form, zero_fill, True)
+        elif plain:
+            _sgd_pass(ws, gs, hs, one, one, reg, local_decay, local_rate, momentum, form, zero_fill, False)
+        else:
+            _sgd_pass(ws, gs, hs, clip_scale, norm, reg, local_decay, local_rate, momentum, form, zero_fill, False)
+
+
+@_element
+def _nesterov_pass(ws, gs, hs, clip_scale, norm, reg, local_decay, local_rate, momentum, one_plus_momentum, neg_momentum, form, zero_fill, exact):
+    """``_nesterov_range``'s loop over one block, with or without the NaN bookkeeping."""
+    for j in range(ws.size):
+        ws[j], gs[j], hs[j], _ = _nesterov_element(ws[j], gs[j], hs[j], clip_scale, norm, reg, local_decay, local_rate, momentum, one_plus_momentum, neg_momentum, form,
+                                              zero_fill, exact)
 
 
 @_range
-def _nesterov_range(w, g, h, clip_scale, norm, reg, local_decay, local_rate, momentum, one_plus_momentum,
-                    neg_momentum, form, zero_fill):
-    for i in range(w.size):
-        w[i], g[i], h[i] = _nesterov_element(w[i], g[i], h[i], clip_scale, norm, reg, local_decay, local_rate,
-                                             momentum, one_plus_momentum, neg_momentum, form, zero_fill)
+def _nesterov_range(w, g, h, clip_scale, norm, reg, local_decay, local_rate, momentum, one_plus_momentum, neg_momentum, form, zero_fill):
+    """Elements of ``nesterov_update`` block by block: plain arithmetic unless the block holds a NaN.
+
+    A block with a NaN in its data, diff or history (or any NaN setting)
+    runs with the NaN bookkeeping, the others without it (the same bits when
+    no operand is NaN) and, without clipping and with ``iter_size`` 1
+    (``clip_scale == norm == 1``), with literal ones that LLVM folds away.
+    """
+    one = w.dtype.type(1)
+    plain = (clip_scale == 1) & (norm == 1)
+    nan = _isnan(clip_scale) | _isnan(norm) | _isnan(local_decay) | _isnan(local_rate) | _isnan(momentum) | _isnan(one_plus_momentum) | _isnan(neg_momentum)
+    for b in range(0, w.size, _BLOCK):
+        ws, gs, hs = w[b:b + _BLOCK], g[b:b + _BLOCK], h[b:b + _BLOCK]
+        if nan or _has_nan(ws, gs, hs):
+            _nesterov_pass(ws, gs, hs, clip_scale, norm, reg, local_decay, local_rate, momentum, one_plus_momentum, neg_momentum, form, zero_fill, True)
+        elif plain:
+            _nesterov_pass(ws, gs, hs, one, one, reg, local_decay, local_rate, momentum, one_plus_momentum, neg_momentum, form, zero_fill, False)
+        else:
+            _nesterov_pass(ws, gs, hs, clip_scale, norm, reg, local_decay, local_rate, momentum, one_plus_momentum, neg_momentum, form, zero_fill, False)
 
 
 @_element
