@@ -25,6 +25,7 @@ import numpy as np
 from .compare import EXACT, Tolerance, log_float_matches, summarize, ulp_distance
 from .config import SolverConfig
 from .errors import InputError
+from .io.golden import release
 from .trace import Trace
 
 __all__ = [
@@ -248,8 +249,14 @@ def replay_trace(
     profile: str | None = None,
     tolerance: Tolerance = EXACT,
     progress=None,
+    release_inputs: bool = False,
 ) -> RunResult:
-    """Replay one trace; return where (if anywhere) it departs from Caffe."""
+    """Replay one trace; return where (if anywhere) it departs from Caffe.
+
+    ``release_inputs`` drops each iteration's memory-mapped arrays from
+    memory once they are used (``harness.io.golden.release``): for traces
+    read only to be replayed, such as ``replay``'s.
+    """
     from .reference import Reference
 
     cfg = trace.config
@@ -290,8 +297,12 @@ def replay_trace(
     n = len(names)
     worst = 0.0
     compared = 0
+    if release_inputs:
+        release(*trace.init_params.values(), *(trace.init_history or ()))
     for it in trace.iterations:
-        rec = ref.step(it.grads)
+        rec = ref.step(it.grads, copy=False)  # views, compared before the next step changes them
+        if release_inputs:
+            release(*(a for p in ([it.grads] if isinstance(it.grads, dict) else it.grads) for a in p.values()))
         if it.lr is not None:
             ok, u = _lr_matches(it.lr, rec.lr, tolerance)
             compared += 1
@@ -328,6 +339,8 @@ def replay_trace(
                     break
             if div is not None:
                 break
+        if release_inputs:
+            release(*(it.history or ()), *(it.diff or {}).values(), *(it.params or {}).values())
         if div is None and it.current_step is not None and int(it.current_step) != int(rec.current_step):
             div = Divergence(it.iter, "current_step", expected=int(it.current_step), got=int(rec.current_step))
         if div is not None:
@@ -370,7 +383,7 @@ def replay(
             for trace in load_traces(path, kind, name):
                 if not trace.source:
                     trace.source = os.fspath(path)
-                results.append(replay_trace(trace, profile=profile, tolerance=tolerance))
+                results.append(replay_trace(trace, profile=profile, tolerance=tolerance, release_inputs=True))
             if bar is not None:
                 bar.update(1)
     finally:

@@ -534,3 +534,23 @@ def test_cli_verify_finds_a_trace_without_its_manifest(tmp_path, capsys):
     out = capsys.readouterr().out.splitlines()
     assert len(out) == 1 and out[0].startswith(os.fspath(tmp_path / "tree/b" / MANIFEST)) and "missing file" in out[0]
     assert main(["golden", "verify", os.fspath(tmp_path / "tree/a")]) == 0
+
+
+def test_read_arrays_are_maps_writable_and_releasable(tmp_path):
+    """Arrays are copy-on-write maps of the files: writable without touching them, released pages read back."""
+    t = make_trace()
+    write_golden(t, tmp_path / "g")
+    files = {p.name: p.read_bytes() for p in (tmp_path / "g").iterdir()}
+    back = read_golden(tmp_path / "g")
+    name = next(iter(back.init_params))
+    a = back.init_params[name]
+    want = a.copy()
+    base = a
+    while isinstance(base, np.ndarray):
+        base = base.base
+    assert isinstance(base, memoryview) and base.obj is not None  # a map, not a copy
+    a.flat[0] = np.float32(12345.0)  # writable; the file is untouched
+    assert {p.name: p.read_bytes() for p in (tmp_path / "g").iterdir()} == files
+    golden.release(a)  # what replay does with arrays it has used: pages (and that change) dropped
+    assert np.array_equal(a.view(np.uint32), want.view(np.uint32))
+    golden.release(np.zeros(3, np.float32))  # not a map: nothing to do

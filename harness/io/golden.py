@@ -20,6 +20,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import mmap
 import os
 import re
 import shutil
@@ -128,11 +129,11 @@ def _npy_bytes(a: np.ndarray) -> bytes:
     return _NPY_MAGIC + len(header).to_bytes(2, "little") + header + a.tobytes(order="C")
 
 
-def _parse_npy(raw: bytes) -> tuple[tuple[int, ...], str, bool, int]:
+def _parse_npy(raw) -> tuple[tuple[int, ...], str, bool, int]:
     """(shape, descr, fortran_order, data offset) of a ``.npy`` file; ValueError if malformed."""
     import ast
 
-    if len(raw) < 10 or raw[:6] != b"\x93NUMPY":
+    if len(raw) < 10 or bytes(raw[:6]) != b"\x93NUMPY":
         raise ValueError("not a .npy file (bad magic)")
     major = raw[6]
     if major == 1:
@@ -144,7 +145,7 @@ def _parse_npy(raw: bytes) -> tuple[tuple[int, ...], str, bool, int]:
     if start + hlen > len(raw):
         raise ValueError("truncated .npy header")
     try:
-        d = ast.literal_eval(raw[start : start + hlen].decode("latin1"))
+        d = ast.literal_eval(bytes(raw[start : start + hlen]).decode("latin1"))
         shape = tuple(int(x) for x in d["shape"])
         descr = str(d["descr"])
         fortran = bool(d["fortran_order"])
@@ -452,9 +453,19 @@ def _read_checksums(r: _Reader) -> dict[str, str]:
     return sums
 
 
-def _read_file(r: _Reader, fname: str, sums: dict[str, str], nbytes: int | None = None) -> bytes | None:
+def _read_file(r: _Reader, fname: str, sums: dict[str, str], nbytes: int | None = None) -> memoryview | None:
+    """The file's bytes, checked against ``SHA256SUMS``: a writable, copy-on-write memory map.
+
+    Arrays are views of that map (``np.frombuffer``), so a large trace is
+    never copied.
+    """
     try:
-        raw = (r.root / fname).read_bytes()
+        with open(r.root / fname, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            # a private copy-on-write map: pages come from the page cache as they are used, nothing is
+            # copied, and the arrays on it are writable without touching the file
+            mm = mmap.mmap(f.fileno(), size, access=mmap.ACCESS_COPY) if size else None
+            raw = memoryview(mm) if mm is not None else memoryview(b"")
     except FileNotFoundError:
         r.fail(fname, "missing file")
         return None
@@ -465,6 +476,8 @@ def _read_file(r: _Reader, fname: str, sums: dict[str, str], nbytes: int | None 
         return raw
     want = sums.get(fname)
     got = hashlib.sha256(raw).hexdigest()
+    if mm is not None:
+        mm.madvise(mmap.MADV_DONTNEED)  # hashing paged the file in; let it page in again only where it is used
     if want is None:
         r.fail(fname, f"not listed in {CHECKSUMS}")
     elif want != got:
@@ -490,7 +503,7 @@ def _load_inner(r: _Reader) -> Trace | None:
     if raw is None:
         return None
     try:
-        m = json.loads(raw.decode("utf-8"), parse_constant=lambda c: (_ for _ in ()).throw(ValueError(f"non-JSON constant {c}")))
+        m = json.loads(bytes(raw).decode("utf-8"), parse_constant=lambda c: (_ for _ in ()).throw(ValueError(f"non-JSON constant {c}")))
     except UnicodeDecodeError:
         r.fail(MANIFEST, "not UTF-8 text")
         return None
@@ -684,7 +697,7 @@ def _load_inner(r: _Reader) -> Trace | None:
             how = "truncated" if len(raw) - off < 4 * count else "trailing bytes"
             r.fail(fname, f"{len(raw) - off} data bytes, expected {4 * count} for shape {fshape} ({how})")
             continue
-        arr = np.frombuffer(bytearray(raw[off:]), dtype=_DESCR).reshape(fshape).astype(np.float32, copy=False)
+        arr = np.frombuffer(raw, dtype=_DESCR, offset=off).reshape(fshape).astype(np.float32, copy=False)
         if kind == "init_params":
             if blob in init_params:
                 r.fail(MANIFEST, f"{what}: second init_params for {blob}")
@@ -763,6 +776,21 @@ def _load_inner(r: _Reader) -> Trace | None:
         refusal_when=refusal_when,
         source=source,
     )
+
+
+def release(*arrays) -> None:
+    """Drop the resident pages of arrays ``read_golden`` mapped (a no-op for any other array).
+
+    Their values stay readable (they page in again from the file), but
+    changes made to them are lost: call it only on arrays nothing changed,
+    once they have been used. Keeps replay's memory to about one
+    iteration of a large trace.
+    """
+    for a in arrays:
+        while isinstance(a, np.ndarray):
+            a = a.base
+        if isinstance(a, memoryview) and isinstance(a.obj, mmap.mmap):
+            a.obj.madvise(mmap.MADV_DONTNEED)
 
 
 def read_golden(path) -> Trace:
