@@ -57,7 +57,7 @@ __all__ = [
 ]
 
 #: SHA-256 of the ``update.py`` these kernels were compiled and checked against
-_UPDATE_SHA256 = "3ccb75576978b7b0945531d2b7c9459e454a0f18a03633ef41b54ed9b061c658"
+_UPDATE_SHA256 = "0098f4bd5307bf71750fd6199cea1958d62b6bb53774a73e0702abd17cdeb1c0"
 
 
 def _sha256_of_source(module) -> str | None:

@@ -13,8 +13,10 @@ One jit convention (``_jit``): ``cache=True``, explicit signatures for
 float32 and float64 C-contiguous 1-D arrays, ``error_model="numpy"`` (a float
 division by zero gives inf/NaN as in C, never ``ZeroDivisionError``), and
 **no fastmath** (no reassociation, no contraction: FMA happens only where an
-``fma(...)`` call says so). Every kernel is a flat loop over contiguous
-arrays, element-independent, so a ``prange`` version is bit-identical.
+``fma(...)`` call says so). Every element is computed on its own (given
+its index: see ``tail_swap_index``), so the kernels' split into blocks and
+into chunks over threads is bit-identical to one pass (``SERIAL`` are the
+one-thread twins; the tests compare the two).
 
 Notation in the docstrings: ``fl(x)`` rounds to the array's precision
 (float32 for Caffe's ``Dtype=float``), ``fma(a, b, c) = fl(a*b + c)`` with
