@@ -875,11 +875,9 @@ def main(argv=None) -> int:
     print()
     print(render(out))
     if args.json:
-        tmp = args.json + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(out, f, indent=1, default=float)
-            f.write("\n")
-        os.replace(tmp, args.json)
+        from harness.io.files import write_text_atomic
+
+        write_text_atomic(args.json, json.dumps(out, indent=1, default=float) + "\n")
     exact = [r.get("bit_exact") for r in out["results"]]
     return 1 if any(e is False for e in exact) else 0
 

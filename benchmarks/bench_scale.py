@@ -480,11 +480,9 @@ def main(argv=None) -> int:
     print()
     print(render(out))
     if args.json:
-        tmp = args.json + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(out, f, indent=1)
-            f.write("\n")
-        os.replace(tmp, args.json)
+        from harness.io.files import write_text_atomic
+
+        write_text_atomic(args.json, json.dumps(out, indent=1) + "\n")
     return 0
 
 

@@ -37,7 +37,6 @@ import argparse
 import datetime
 import importlib
 import json
-import os
 import platform
 import sys
 import time
@@ -261,11 +260,9 @@ def main(argv=None) -> int:
                   f"{u['in_range_inputs']} inputs with a normal result")
     out["proved"] = ok and args.stride == 1
     if args.json:
-        tmp = args.json + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(out, f, indent=1)
-            f.write("\n")
-        os.replace(tmp, args.json)
+        from harness.io.files import write_text_atomic
+
+        write_text_atomic(args.json, json.dumps(out, indent=1) + "\n")
     if not args.quiet:
         print("PROVED: every certified input equals glibc's powf" if out["proved"] else
               ("no certified input differs (sampled, not a proof)" if ok else "FAILED: certified inputs differ"))

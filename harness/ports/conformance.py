@@ -27,6 +27,7 @@ import numpy as np
 
 from ..compare import EXACT, Tolerance, log_float_matches, log_float_text, ulp_distance
 from ..errors import InputError
+from ..replayer import _kind
 from ..trace import Trace
 from .base import PortRun, Runner, StepOutput
 from .variants import VARIANTS, variant_port
@@ -65,17 +66,6 @@ RESULTS = ("pass", "FAIL", "ERROR", "unsupported", "refused-ok")
 # ---------------------------------------------------------------------------
 def _repo_root() -> Path:
     return Path(__file__).resolve().parents[2]
-
-
-def _kind(path: Path) -> str | None:
-    from ..io.capture import is_capture
-    from ..io.golden import is_golden
-
-    if is_golden(path):
-        return "golden"
-    if is_capture(path):
-        return "capture"
-    return None
 
 
 def find_traces(paths: Iterable[str | os.PathLike]) -> list[Path]:
