@@ -59,29 +59,38 @@ KINDS = ("zero", "subnormal", "normal", "inf", "nan")
 _BLOCKS = 4096
 
 
-@intrinsic
-def _bits(typingctx, x):
-    if x != types.float32:
-        return None
+if numba.config.DISABLE_JIT:  # plain Python (the tests' NUMBA_DISABLE_JIT run): numpy bit casts
 
-    def codegen(context, builder, sig, args):
-        return builder.bitcast(args[0], ir.IntType(32))
+    def _bits(x):
+        return np.float32(x).view(np.uint32)
 
-    return types.uint32(x), codegen
+    def _float(b):
+        return np.uint32(b).view(np.float32)
 
+else:
 
-@intrinsic
-def _float(typingctx, b):
-    if not isinstance(b, types.Integer):
-        return None
+    @intrinsic
+    def _bits(typingctx, x):
+        if x != types.float32:
+            return None
 
-    def codegen(context, builder, sig, args):
-        v = args[0]
-        if b.bitwidth != 32:
-            v = builder.trunc(v, ir.IntType(32))
-        return builder.bitcast(v, ir.FloatType())
+        def codegen(context, builder, sig, args):
+            return builder.bitcast(args[0], ir.IntType(32))
 
-    return types.float32(b), codegen
+        return types.uint32(x), codegen
+
+    @intrinsic
+    def _float(typingctx, b):
+        if not isinstance(b, types.Integer):
+            return None
+
+        def codegen(context, builder, sig, args):
+            v = args[0]
+            if b.bitwidth != 32:
+                v = builder.trunc(v, ir.IntType(32))
+            return builder.bitcast(v, ir.FloatType())
+
+        return types.float32(b), codegen
 
 
 class NoForms(Exception):
