@@ -164,11 +164,6 @@ def _as_array(x) -> np.ndarray:
     return np.asarray(getattr(x, "data", x) if not isinstance(x, np.ndarray) else x)
 
 
-#: each solver type's kernel in ``harness.kernels.update`` (``_serial`` appended: its one-thread twin)
-_KERNEL_NAMES = {"SGD": "sgd_update", "Nesterov": "nesterov_update", "AdaGrad": "adagrad_update",
-                 "RMSProp": "rmsprop_update", "AdaDelta": "adadelta_update", "Adam": "adam_update"}
-
-
 class Reference:
     """Caffe's solver state plus its update, in one arithmetic profile.
 
@@ -262,7 +257,8 @@ class Reference:
     @property
     def kernel(self):
         """The update kernel this reference calls (looked up per step: tests may patch the module)."""
-        return getattr(_k, _KERNEL_NAMES[self.config.type] + ("" if self.parallel else "_serial"))
+        kernels = _k.PARALLEL if self.parallel else _k.SERIAL
+        return getattr(_k, kernels[self.config.type].__name__)
 
     # -- state -------------------------------------------------------------
     @property
